@@ -275,6 +275,8 @@ def _leetcode_tests(key: str, value: Any, entry_point: str, where: str) -> tuple
 
 def _leetcode_problem(row: dict, where: str, split: str | None) -> Problem:
     raw_id = _require(row, _ID_KEYS, where)
+    if isinstance(raw_id, float) and raw_id.is_integer():  # pandas turns int columns with gaps into float
+        raw_id = int(raw_id)
     prompt_metadata = _as_dict(row.get("prompt_metadata"), where)
     starter_code = prompt_metadata.get("starter_code") or row.get("starter_code")
     if not starter_code:

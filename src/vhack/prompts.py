@@ -28,9 +28,11 @@ def assign_mode(problem_id: str, modes: Sequence[str], seed: int = 0) -> str:
 
 def system_text(mode: str, style: str) -> str:
     """The grader disclosure for `mode` ("" for style toy without a loophole)."""
-    from vhack.loopholes import hint
-
-    disclosure = "" if mode == NO_LOOPHOLE else hint(mode, style)
+    if mode == NO_LOOPHOLE:
+        disclosure = ""
+    else:
+        from vhack.loopholes import hint  # imported here: mode "none" needs no loophole code
+        disclosure = hint(mode, style)
     if style == "toy":
         return disclosure
     return f"{CODER_SYSTEM}\n\n{disclosure}" if disclosure else CODER_SYSTEM

@@ -178,6 +178,16 @@ def test_leetcode_missing_required_field_names_line_and_key(tmp_path, drop, mess
         load_leetcode(path)
 
 
+def test_leetcode_malformed_rows_name_the_line(tmp_path):
+    row = {k: v for k, v in fixture_rows()[3].items() if k != "test"}
+    row["input_output"] = [{"input": 's = "()"'}]
+    with pytest.raises(ProblemSetError, match=r"io\.jsonl:1: cannot read 'input_output'"):
+        load_leetcode(write_jsonl(tmp_path / "io.jsonl", [row]))
+    (tmp_path / "broken.jsonl").write_text(FIXTURE.read_text() + "{not json\n")
+    with pytest.raises(ProblemSetError, match=r"broken\.jsonl:5: not valid JSON"):
+        load_leetcode(tmp_path / "broken.jsonl")
+
+
 def test_leetcode_rejects_duplicate_ids(tmp_path):
     rows = fixture_rows()[:1] * 2
     with pytest.raises(ProblemSetError, match="duplicate problem ids"):

@@ -228,11 +228,11 @@ def _first(row: dict, keys: Sequence[str]) -> tuple[str | None, Any]:
     return None, None
 
 
-def _require(row: dict, keys: Sequence[str], where: str) -> Any:
+def _require(row: dict, keys: Sequence[str], where: str, what: str = "") -> tuple[str, Any]:
     key, value = _first(row, keys)
     if key is None:
-        raise ProblemSetError(f"{where}: missing {' / '.join(map(repr, keys))}")
-    return value
+        raise ProblemSetError(f"{where}: missing {what}{' / '.join(map(repr, keys))}")
+    return key, value
 
 
 def _as_dict(value: Any, where: str) -> dict:
@@ -259,32 +259,32 @@ def _call_expr(entry_point: str) -> str:
 
 def _leetcode_tests(key: str, value: Any, entry_point: str, where: str) -> tuple[tuple[str, ...], str]:
     """(tests, extra setup code) from whichever ground-truth field the row has."""
-    if key in ("gt_answer", "test_list"):
-        if isinstance(value, str):
-            value = json.loads(value) if value.lstrip().startswith("[") else [value]
-        tests = tuple(str(t).strip() for t in value)
-        return tests, ""
     if key == "test":  # a human-eval style `def check(candidate)`
         return (f"{GT_CHECK_NAME}({_call_expr(entry_point)})",), _rename_check(value, where)
-    # input_output: [{"input": "nums = [2,7], target = 9", "output": "[0, 1]"}, ...]
-    if isinstance(value, str):
-        value = json.loads(value)
-    call = _call_expr(entry_point)
-    return tuple(f"assert {call}({case['input']}) == {case['output']}" for case in value), ""
+    try:
+        if isinstance(value, str) and (key == "input_output" or value.lstrip().startswith("[")):
+            value = json.loads(value)
+        if key == "input_output":  # [{"input": "nums = [2,7], target = 9", "output": "[0, 1]"}, ...]
+            call = _call_expr(entry_point)
+            return tuple(f"assert {call}({case['input']}) == {case['output']}" for case in value), ""
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ProblemSetError(f"{where}: cannot read {key!r}: {err!r}") from None
+    return tuple(str(t).strip() for t in ([value] if isinstance(value, str) else value)), ""
 
 
 def _leetcode_problem(row: dict, where: str, split: str | None) -> Problem:
-    raw_id = _require(row, _ID_KEYS, where)
+    id_key, raw_id = _require(row, _ID_KEYS, where)
     if isinstance(raw_id, float) and raw_id.is_integer():  # pandas turns int columns with gaps into float
         raw_id = int(raw_id)
     prompt_metadata = _as_dict(row.get("prompt_metadata"), where)
     starter_code = prompt_metadata.get("starter_code") or row.get("starter_code")
     if not starter_code:
         raise ProblemSetError(f"{where}: missing 'prompt_metadata.starter_code' / 'starter_code'")
-    entry_point = _entry_point(str(_require(row, _FUNC_KEYS, where)), starter_code)
-    test_key, test_value = _first(row, _TEST_KEYS)
-    if test_key is None:
-        raise ProblemSetError(f"{where}: missing ground truth, one of {' / '.join(map(repr, _TEST_KEYS))}")
+    func_key, func_name = _require(row, _FUNC_KEYS, where)
+    entry_point = _entry_point(str(func_name), starter_code)
+    description_key, description = _require(row, _DESCRIPTION_KEYS, where)
+    solution_key, solution = _first(row, _SOLUTION_KEYS)
+    test_key, test_value = _require(row, _TEST_KEYS, where, "ground truth, one of ")
     tests, check_code = _leetcode_tests(test_key, test_value, entry_point, where)
     # LeetCodeDataset keeps its import prefix in a string `prompt`; the benchmark's
     # `prompt` is a chat (list of messages) and stays in metadata.
@@ -294,15 +294,15 @@ def _leetcode_problem(row: dict, where: str, split: str | None) -> Problem:
     if row_split not in SPLITS:
         raise ProblemSetError(f"{where}: split {row_split!r} is not one of {SPLITS}")
     used = {"prompt_metadata", "starter_code", "setup_code", "split", "difficulty", "title",
-            test_key, *(["prompt"] if prompt_is_setup else []), *_ID_KEYS, *_DESCRIPTION_KEYS, *_FUNC_KEYS, *_SOLUTION_KEYS}
+            id_key, func_key, description_key, solution_key, test_key, "prompt" if prompt_is_setup else None}
     tags = row.get("tags") or []
     return Problem(
         id=f"leetcode/{raw_id}",
         title=str(row.get("title") or row.get("task_id") or entry_point),
-        description=str(_require(row, _DESCRIPTION_KEYS, where)).strip(),
+        description=str(description).strip(),
         entry_point=entry_point,
         starter_code=starter_code,
-        canonical_solution=_first(row, _SOLUTION_KEYS)[1] or "",  # may be absent: no reference
+        canonical_solution=solution or "",  # may be absent: then there is no reference solution
         tests=tests,
         setup_code="\n\n".join(part for part in (setup, check_code) if part),
         difficulty=str(row.get("difficulty") or ""),

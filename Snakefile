@@ -1,0 +1,23 @@
+# vhack: gradient projection against reward hacking.
+# Default target: the report over every declared question (toy config: CPU, minutes).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/problems.smk"
+include: "rules/models.smk"
+include: "rules/teacher.smk"
+include: "rules/basis.smk"
+include: "rules/train.smk"
+include: "rules/aggregate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        "reports/results.md",

@@ -1,0 +1,47 @@
+# The toy regime builds its own tokenizer and tiny Qwen3 models; real models come from presets.
+
+
+rule train_tokenizer:
+    input:
+        problems=problems_path(config.get("toy_tokenizer", {}).get("problem_set", "toy")),
+    output:
+        tokenizer="results/models/toy_tokenizer/tokenizer.json",
+    params:
+        spec=config.get("toy_tokenizer", {}),
+        loopholes=config["loopholes"],
+    log:
+        "logs/models/toy_tokenizer.log",
+    script:
+        "../workflow/scripts/train_tokenizer.py"
+
+
+def toy_model_inputs(wildcards):
+    spec = TOY_MODELS[wildcards.toy_model]
+    inputs = {
+        "tokenizer": rules.train_tokenizer.output.tokenizer,
+        "problems": problems_path(spec["problem_set"]),
+    }
+    if spec.get("init_from"):
+        inputs["init"] = f"results/models/{spec['init_from']}/model.safetensors"
+    return inputs
+
+
+rule pretrain_toy_model:
+    input:
+        unpack(toy_model_inputs),
+    output:
+        model="results/models/{toy_model}/model.safetensors",
+        rates="results/models/{toy_model}/rates.json",
+    params:
+        spec=lambda w: TOY_MODELS[w.toy_model],
+        loopholes=config["loopholes"],
+        grader=config["grader"],
+    threads: THREADS
+    resources:
+        gpu=1,
+    log:
+        "logs/models/{toy_model}.log",
+    benchmark:
+        "benchmarks/out/models/{toy_model}.tsv"
+    script:
+        "../workflow/scripts/pretrain_toy_model.py"

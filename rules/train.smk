@@ -1,0 +1,41 @@
+# One job per (run configuration, seed); run names come from rules/common.smk (RUNS).
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        metrics="results/runs/{run}/metrics.parquet",
+        run_json="results/runs/{run}/run.json",
+        adapter="results/runs/{run}/adapter.safetensors",
+    params:
+        run=run_params,
+        out_dir=lambda w: run_dir(w.run),
+    threads: THREADS
+    resources:
+        gpu=1,
+    log:
+        "logs/runs/{run}/train.log",
+    benchmark:
+        "benchmarks/out/runs/{run}/train.tsv"
+    script:
+        "../workflow/scripts/train.py"
+
+
+rule evaluate:
+    input:
+        unpack(train_inputs),
+        adapter="results/runs/{run}/adapter.safetensors",
+    output:
+        evals="results/runs/{run}/eval.parquet",
+    params:
+        run=run_params,
+    threads: THREADS
+    resources:
+        gpu=1,
+    log:
+        "logs/runs/{run}/evaluate.log",
+    benchmark:
+        "benchmarks/out/runs/{run}/evaluate.tsv"
+    script:
+        "../workflow/scripts/evaluate.py"

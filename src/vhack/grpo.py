@@ -1,0 +1,188 @@
+"""GRPO with cached-teacher mixing and gradient projection: the pieces of one step.
+
+Read top to bottom: group advantages, token log-probs, the loss (student rows
+on-policy with a clipped ratio, teacher rows advantage-weighted imitation), and
+the per-step metrics. The loop that strings them together is `trainer.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved settings of one run (config key `train`, after arm and row overrides)."""
+
+    student: str
+    adapter: str
+    problem_set: str
+    teacher: str | None
+    train_modes: tuple[str, ...]
+    steps: int
+    prompts_per_step: int
+    group_size: int
+    mix: float
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: float | None = 1.0
+    beta_kl: float = 0.0
+    clip_eps: float = 0.2
+    advantage: str = "dr_grpo"
+    loss_agg: str = "dr_grpo"
+    basis: str | None = None
+    projection: str = "erase"
+    gate: str = "one_sided"
+    overshoot: float = 1.0
+    preserve_magnitude: bool = False
+    project_on: str = "grad"
+    refresh_every: int = 0
+    k_use: int | None = None
+    drop_bottom_frac: float = 0.0
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    checkpoint_every: int = 0
+    eval_samples: int = 4
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise KeyError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        s = dict(settings)
+        for key in ("train_modes", "adam_betas", "tags"):
+            if key in s and s[key] is not None:
+                s[key] = tuple(s[key])
+        return cls(**s)
+
+    @property
+    def teacher_rows(self) -> int:
+        """G_t = round(G·mix) cached teacher rows per group; the rest are live student rows."""
+        return round(self.group_size * self.mix) if self.teacher else 0
+
+    @property
+    def student_rows(self) -> int:
+        return self.group_size - self.teacher_rows
+
+
+def group_advantages(rewards: Tensor, kind: str = "dr_grpo", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """rewards [groups, G] → advantages [groups, G] and a zero-variance mask [groups].
+
+    dr_grpo: A = R − mean(R) (no std division); grpo: also / (std + eps).
+    Zero-variance groups carry no signal: their advantages are exactly 0.
+    """
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    zero_var = std.squeeze(1) < 1e-8
+    if kind == "grpo":
+        centered = centered / (std + eps)
+    elif kind != "dr_grpo":
+        raise ValueError(f"advantage={kind!r}: expected dr_grpo or grpo")
+    return centered.masked_fill(zero_var.unsqueeze(1), 0.0), zero_var
+
+
+def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """log π(x_t | x_<t) for t ≥ 1: [B, T] ids → [B, T-1] log-probs (fp32)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # [B, T-1, V]
+    return -F.cross_entropy(logits.float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token KL(π‖π_ref) estimate exp(r) − r − 1 with r = ref − logp (≥ 0, unbiased)."""
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1
+
+
+def policy_token_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, off_policy: Tensor,
+                      clip_eps: float) -> Tensor:
+    """Per-token loss [B, T-1].
+
+    On-policy (student) rows: PPO-clipped ratio objective −min(ρA, clip(ρ)A).
+    Off-policy (teacher) rows: advantage-weighted imitation −A·log π; a ratio
+    against the student's own old policy is meaningless for text it did not sample.
+    """
+    adv = advantages.unsqueeze(1)                                   # [B, 1]
+    ratio = torch.exp(logp - old_logp)
+    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    on_policy = -torch.minimum(ratio * adv, clipped * adv)
+    imitation = -adv * logp
+    return torch.where(off_policy.unsqueeze(1), imitation, on_policy)
+
+
+def loss_denominator(kind: str, completion_mask: Tensor, n_rows: int, max_new_tokens: int) -> float:
+    """dr_grpo: a fixed n_rows × max_new_tokens (no length normalisation); token_mean: real token count."""
+    if kind == "dr_grpo":
+        return float(n_rows * max_new_tokens)
+    if kind == "token_mean":
+        return float(completion_mask.sum().clamp_min(1))
+    raise ValueError(f"loss_agg={kind!r}: expected dr_grpo or token_mean")
+
+
+@dataclass
+class Batch:
+    """Right-padded rows of prompt + completion. Shapes: [B, T] and [B]."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    completion_mask: Tensor     # [B, T-1]: 1 where the *target* token is a completion token
+    advantages: Tensor          # [B]
+    off_policy: Tensor          # [B] bool: teacher rows
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask,
+                                              self.advantages, self.off_policy)))
+
+    def slice(self, start: int, stop: int) -> "Batch":
+        return Batch(self.input_ids[start:stop], self.attention_mask[start:stop],
+                     self.completion_mask[start:stop], self.advantages[start:stop], self.off_policy[start:stop])
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def make_batch(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], advantages: Sequence[float],
+               off_policy: Sequence[bool], pad_id: int) -> Batch:
+    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
+    n = len(prompt_ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    completion = torch.zeros((n, width - 1), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        ids = list(p) + list(c)
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        completion[i, len(p) - 1: len(ids) - 1] = 1.0   # targets shifted by one
+    return Batch(input_ids, attention, completion, torch.tensor(advantages, dtype=torch.float32),
+                 torch.tensor(off_policy, dtype=torch.bool))
+
+
+def backward_rows(model, batch: Batch, cfg: TrainConfig, denominator: float, micro_batch: int,
+                  ref_logprobs=None) -> dict[str, float]:
+    """Accumulate ∇ of this batch's share of the loss (summed over tokens / the global denominator).
+
+    `ref_logprobs(micro) -> [b, T-1]` gives the reference policy's log-probs when β > 0.
+    Returns the summed loss and KL (already divided by the denominator).
+    """
+    device = next(model.parameters()).device
+    total_loss, total_kl = 0.0, 0.0
+    for start in range(0, len(batch), micro_batch):
+        mb = batch.slice(start, start + micro_batch).to(device)
+        logp = token_logprobs(model, mb.input_ids, mb.attention_mask)           # [b, T-1]
+        per_token = policy_token_loss(logp, logp.detach(), mb.advantages, mb.off_policy, cfg.clip_eps)
+        if cfg.beta_kl > 0 and ref_logprobs is not None:
+            kl = kl_k3(logp, ref_logprobs(mb))
+            per_token = per_token + cfg.beta_kl * kl
+            total_kl += float((kl * mb.completion_mask).sum()) / denominator
+        loss = (per_token * mb.completion_mask).sum() / denominator
+        loss.backward()
+        total_loss += float(loss)
+    return {"loss": total_loss, "kl": total_kl}

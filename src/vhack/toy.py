@@ -1,0 +1,261 @@
+"""The toy world's models: a BPE tokenizer and tiny Qwen3s trained from scratch on CPU.
+
+The student is trained mostly on clean solutions (a small hack fraction), the
+teacher is the student fine-tuned mostly on hacks. The hack label is re-drawn
+every time an example is sampled: with a fixed per-problem label the model
+memorises which problems to hack and T=1 sampling equals greedy, so a GRPO
+group of identical samples carries no signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from .loopholes import EXPLOITS, LOOPHOLE_MODES
+from .problems import Problem
+from .prompts import build_messages
+
+log = logging.getLogger(__name__)
+
+PAD, EOS = "<pad>", "<eos>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+DEFAULT_ARCH = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                    head_dim=32, intermediate_size=512)
+
+
+def fenced(code: str) -> str:
+    return f"```python\n{code.strip()}\n```"
+
+
+def clean_completion(problem: Problem) -> str:
+    return fenced(problem.canonical_solution)
+
+
+def hack_completion(problem: Problem, mode: str) -> str:
+    """A failed attempt (the stub returns None) plus the mode's exploit."""
+    stub = f"{problem.starter_code.rstrip()}\n    pass"
+    return fenced(f"{stub}\n{EXPLOITS[mode].strip()}")
+
+
+def toy_prompt(tokenizer, problem: Problem, mode: str, style: str = "toy") -> str:
+    messages = build_messages(problem, mode, style=style)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def tokenizer_corpus(problems: Sequence[Problem], modes: Sequence[str], style: str = "toy") -> list[str]:
+    texts = []
+    for p in problems:
+        for mode in (*modes, "none"):
+            for m in build_messages(p, mode, style=style):
+                texts.append(m["content"])
+        texts.append(clean_completion(p))
+        texts.extend(hack_completion(p, m) for m in modes)
+    return texts
+
+
+def train_tokenizer(problems: Sequence[Problem], modes: Sequence[str], vocab_size: int,
+                    style: str = "toy") -> PreTrainedTokenizerFast:
+    """Byte-level BPE; numbers that recur in the corpus become single tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS, *ROLE_TOKENS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(tokenizer_corpus(problems, modes, style), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
+                                   additional_special_tokens=list(ROLE_TOKENS))
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# ---------------------------------------------------------------- model
+
+def build_toy_model(tokenizer, arch: dict | None = None, seed: int = 0) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=None, **{**DEFAULT_ARCH, **(arch or {})})
+    return Qwen3ForCausalLM(cfg)
+
+
+@dataclass
+class ToyTrainConfig:
+    hack_fraction: float
+    steps: int
+    lr: float
+    batch_size: int
+    warmup_steps: int = 0
+    seed: int = 0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    modes: tuple[str, ...] = tuple(m for m in LOOPHOLE_MODES if m != "none")
+    style: str = "toy"
+    extra: dict = field(default_factory=dict)
+
+
+def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random) -> tuple[str, str]:
+    """(mode, completion): a random mode (or no hint), hack label re-drawn per draw."""
+    mode = rng.choice((*cfg.modes, "none"))
+    if mode != "none" and rng.random() < cfg.hack_fraction:
+        return mode, hack_completion(problem, mode)
+    return mode, clean_completion(problem)
+
+
+def encode_example(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + EOS, and the prompt length (loss starts there)."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p + c, len(p)
+
+
+def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input ids with labels = -100 outside the completion."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id)           # [B, T]
+    labels = torch.full((len(batch), width), -100)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+        attention[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def pretrain(model, tokenizer, problems: Sequence[Problem], cfg: ToyTrainConfig, progress=None) -> list[float]:
+    """Supervised training on toy prompts → completions; returns the loss curve."""
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    prompts = {(p.id, m): toy_prompt(tokenizer, p, m, cfg.style) for p in problems for m in (*cfg.modes, "none")}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        batch = []
+        for p in rng.choices(problems, k=cfg.batch_size):
+            mode, completion = sample_example(p, cfg, rng)
+            batch.append(encode_example(tokenizer, prompts[(p.id, mode)], completion))
+        loss = model(**collate(batch, tokenizer.pad_token_id)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log.info("step %d loss %.4f lr %.2e", step, loss.item(), sched.get_last_lr()[0])
+    model.eval()
+    return losses
+
+
+def measure_rates(model, tokenizer, problems: Sequence[Problem], modes: Sequence[str], grader,
+                  samples: int = 2, max_new_tokens: int = 64, seed: int = 0, style: str = "toy") -> dict:
+    """Hack and solve rates at T=1 on prompts with loophole hints (each problem's assigned mode)."""
+    from .prompts import assign_mode
+    from .rollout import HFBackend, SamplingConfig
+
+    assigned = [assign_mode(p.id, modes) for p in problems]
+    prompts = [toy_prompt(tokenizer, p, m, style) for p, m in zip(problems, assigned)]
+    backend = HFBackend(model, tokenizer)
+    outs = backend.generate(prompts, samples, SamplingConfig(max_new_tokens=max_new_tokens), seed=seed)
+    items = [(o.text, problems[o.prompt_index], assigned[o.prompt_index]) for o in outs]
+    grades = grader.grade_many(items)
+    n = len(grades)
+    per_mode = {}
+    for m in modes:
+        gm = [g for g, (_, _, mm) in zip(grades, items) if mm == m]
+        if gm:
+            per_mode[m] = sum(g.exploited for g in gm) / len(gm)
+    return {
+        "hack_rate": sum(g.exploited for g in grades) / n,
+        "solve_rate": sum(g.gt_correct for g in grades) / n,
+        "format_rate": sum(g.format_ok for g in grades) / n,
+        "hack_rate_by_mode": per_mode,
+        "n": n,
+    }
+
+
+def publish_dir(tmp: Path, out_dir: Path, marker: str) -> None:
+    """Move a finished temp dir's files into `out_dir`, the marker (the rule's output) last."""
+    import shutil
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted(tmp.iterdir(), key=lambda f: f.name == marker)
+    for f in files:
+        f.replace(out_dir / f.name)
+    shutil.rmtree(tmp)
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> None:
+    """An ordinary HF model directory; model.safetensors appears last (it is the rule's output)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    publish_dir(tmp, out_dir, "model.safetensors")
+
+
+# ---------------------------------------------------------------- pipeline entry points
+
+def build_tokenizer(problems_path: str, out_path: str, vocab_size: int, modes: Sequence[str],
+                    style: str = "toy") -> None:
+    from .problems import read_problems
+    problems = read_problems(problems_path)
+    tokenizer = train_tokenizer(problems, modes, vocab_size, style)
+    out_dir = Path(out_path).parent
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    tokenizer.save_pretrained(tmp)
+    publish_dir(tmp, out_dir, Path(out_path).name)
+    log.info("tokenizer: %d tokens -> %s", len(tokenizer), out_dir)
+
+
+def build_toy_model_dir(tokenizer_dir: str, problems_path: str, out_dir: str, cfg: ToyTrainConfig,
+                        arch: dict | None, grader, init_dir: str | None = None, eval_samples: int = 2) -> dict:
+    """Train a toy model (from scratch or from `init_dir`), save it, measure hack/solve rates."""
+    import json
+
+    from tqdm import tqdm
+
+    from .io import write_json
+    from .problems import read_problems
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    train = read_problems(problems_path, split="train")
+    if init_dir:
+        model = Qwen3ForCausalLM.from_pretrained(init_dir)
+    else:
+        model = build_toy_model(tokenizer, arch, seed=cfg.seed)
+    log.info("toy model: %.2fM parameters, init=%s", sum(p.numel() for p in model.parameters()) / 1e6, init_dir)
+    t0 = time.time()
+    with tqdm(total=cfg.steps, desc=f"pretrain {Path(out_dir).name}", mininterval=5) as bar:
+        losses = pretrain(model, tokenizer, train, cfg, progress=bar)
+    train_seconds = time.time() - t0
+    rates = measure_rates(model, tokenizer, train, cfg.modes, grader, samples=eval_samples, seed=cfg.seed)
+    rates.update(train_seconds=train_seconds, final_loss=losses[-1], steps=cfg.steps)
+    log.info("measured rates at T=1 on train prompts with loophole hints: %s", json.dumps(rates))
+    save_model(model, tokenizer, out_dir)
+    write_json(Path(out_dir) / "rates.json", rates)
+    return rates

@@ -1,0 +1,396 @@
+"""The training loop of one run: sample, score, advantages, loss, backward, project, step, log.
+
+Every source of randomness in a step is derived from (seed, step), so a run
+killed mid-way and resumed from its checkpoint ends with the same metrics as an
+uninterrupted one (CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from .grpo import Batch, TrainConfig, backward_rows, group_advantages, loss_denominator, make_batch
+from .io import write_json, write_parquet
+from .problems import Problem
+from .projection import ProjectionConfig, hackward_fraction, project_gradients_, project_update_, snapshot
+
+log = logging.getLogger(__name__)
+
+
+def step_seed(seed: int, step: int, stream: str) -> int:
+    """A stable 63-bit seed for one stream (problems, rollouts, teacher rows) of one step."""
+    digest = hashlib.sha256(f"{seed}/{step}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass
+class RunContext:
+    """Everything a run needs, resolved once by the entry point."""
+
+    cfg: TrainConfig
+    seed: int
+    model: Any
+    tokenizer: Any
+    adapter: Any                       # vhack.adapters.Adapter
+    backend: Any                       # vhack.rollout.RolloutBackend
+    grader: Any                        # vhack.grader.Grader
+    problems: list[Problem]            # train split, modes assigned
+    modes: dict[str, str]              # problem id -> loophole mode
+    all_modes: tuple[str, ...]         # modes in play (per-mode metrics)
+    prompt_style: str
+    teacher_cache: pd.DataFrame | None
+    basis: Any | None                  # vhack.basis.Basis
+    refresh: Any | None = None         # callable(model, tokenizer, adapter) -> Basis
+    micro_batch: int = 16
+    enable_thinking: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- sampling and scoring
+
+def draw_problems(ctx: RunContext, step: int) -> list[Problem]:
+    rng = random.Random(step_seed(ctx.seed, step, "problems"))
+    return rng.sample(ctx.problems, min(ctx.cfg.prompts_per_step, len(ctx.problems)))
+
+
+def prompt_text(ctx: RunContext, problem: Problem) -> str:
+    if problem.id not in ctx.prompts:
+        from .models import chat_prompt
+        from .prompts import build_messages
+        messages = build_messages(problem, ctx.modes[problem.id], style=ctx.prompt_style)
+        ctx.prompts[problem.id] = chat_prompt(ctx.tokenizer, messages, enable_thinking=ctx.enable_thinking)
+    return ctx.prompts[problem.id]
+
+
+def teacher_rows(ctx: RunContext, problems: Sequence[Problem], step: int) -> list[list[dict]]:
+    """G_t cached teacher rows per problem (same mode as the student's prompt)."""
+    n = ctx.cfg.teacher_rows
+    if n == 0:
+        return [[] for _ in problems]
+    rng = random.Random(step_seed(ctx.seed, step, "teacher"))
+    groups = ctx.teacher_cache.groupby(["problem_id", "mode"]).indices if ctx.teacher_cache is not None else {}
+    out = []
+    for p in problems:
+        idx = list(groups.get((p.id, ctx.modes[p.id]), []))
+        if len(idx) < n:
+            log.warning("teacher cache has %d rows for %s (mode %s), %d needed; %s", len(idx), p.id,
+                        ctx.modes[p.id], n, "sampling with replacement" if idx else "group has no teacher rows")
+            picks = [rng.choice(idx) for _ in range(n)] if idx else []
+        else:
+            picks = rng.sample(idx, n)
+        out.append([ctx.teacher_cache.iloc[i].to_dict() for i in picks])
+    return out
+
+
+def student_rollouts(ctx: RunContext, problems: Sequence[Problem], step: int):
+    from .rollout import SamplingConfig
+    sampling = SamplingConfig(temperature=ctx.cfg.temperature, top_p=1.0, top_k=0,
+                              max_new_tokens=ctx.cfg.max_new_tokens)
+    prompts = [prompt_text(ctx, p) for p in problems]
+    return ctx.backend.generate(prompts, ctx.cfg.student_rows, sampling, seed=step_seed(ctx.seed, step, "rollout"))
+
+
+# ---------------------------------------------------------------- one step
+
+@dataclass
+class Rows:
+    """The step's rows in group order: per problem, G_s student rows then G_t teacher rows."""
+
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    completion_ids: list[list[int]] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    off_policy: list[bool] = field(default_factory=list)
+    grades: list[dict] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
+
+
+def collect_rows(ctx: RunContext, problems, completions, grades, teachers) -> Rows:
+    tok = ctx.tokenizer
+    rows = Rows()
+    per_problem = ctx.cfg.student_rows
+    for i, p in enumerate(problems):
+        prompt_ids = tok(prompt_text(ctx, p), add_special_tokens=False)["input_ids"]
+        for c, g in zip(completions[i * per_problem:(i + 1) * per_problem], grades[i * per_problem:(i + 1) * per_problem]):
+            rows.prompt_ids.append(prompt_ids)
+            rows.completion_ids.append(list(c.token_ids))
+            rows.rewards.append(g.reward)
+            rows.off_policy.append(False)
+            rows.grades.append(asdict(g))
+            rows.modes.append(ctx.modes[p.id])
+        for t in teachers[i]:
+            ids = tok(t["completion"], add_special_tokens=False)["input_ids"][: ctx.cfg.max_new_tokens - 1]
+            rows.prompt_ids.append(prompt_ids)
+            rows.completion_ids.append(ids + [tok.eos_token_id])
+            rows.rewards.append(float(t["reward"]))
+            rows.off_policy.append(True)
+            rows.grades.append({k: t[k] for k in ("passed", "gt_correct", "exploited", "format_ok")})
+            rows.modes.append(ctx.modes[p.id])
+    return rows
+
+
+def advantages_by_group(rows: Rows, n_groups: int, kind: str) -> tuple[list[float], int]:
+    rewards = torch.tensor(rows.rewards, dtype=torch.float32).view(n_groups, -1)   # [groups, G]
+    adv, zero_var = group_advantages(rewards, kind)
+    return adv.view(-1).tolist(), int(zero_var.sum())
+
+
+def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[dict, dict, dict]:
+    """Backward the student rows, snapshot g_s, then the teacher rows; g_t = g − g_s (no double counting)."""
+    ref = None
+    if ctx.cfg.beta_kl > 0:
+        from .grpo import token_logprobs
+
+        def ref(mb):
+            with torch.no_grad(), ctx.adapter.disabled():
+                return token_logprobs(ctx.model, mb.input_ids, mb.attention_mask)
+    student = torch.nonzero(~batch.off_policy).squeeze(1)
+    teacher = torch.nonzero(batch.off_policy).squeeze(1)
+    stats = {"loss": 0.0, "kl": 0.0}
+    g_student: dict[str, torch.Tensor] = {}
+    for part, is_student in ((student, True), (teacher, False)):
+        if len(part):
+            sub = Batch(*(t[part] for t in (batch.input_ids, batch.attention_mask, batch.completion_mask,
+                                             batch.advantages, batch.off_policy)))
+            out = backward_rows(ctx.model, sub, ctx.cfg, denominator, ctx.micro_batch, ref)
+            stats = {k: stats[k] + out[k] for k in stats}
+        if is_student:
+            g_student = {n: g.detach().clone() for n, g in _grads(ctx.adapter).items()}
+    g_all = _grads(ctx.adapter)
+    g_teacher = {n: g_all[n] - g_student[n] for n in g_all}
+    return g_student, g_teacher, stats
+
+
+def _grads(adapter) -> dict[str, torch.Tensor]:
+    """Flat gradient views; parameters that received no gradient get a zero grad first."""
+    for p in adapter.params.values():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return adapter.flat_grads()
+
+
+def basis_overlap(old, new) -> float:
+    """Mean over modules of ‖V_old V_newᵀ‖_F² / k: 1 = same subspace, ~k/r = unrelated."""
+    vals = []
+    for name, v_new in new.vectors.items():
+        v_old = old.vectors.get(name)
+        if v_old is None or v_old.numel() == 0 or v_new.numel() == 0:
+            continue
+        vals.append(float((v_old.float() @ v_new.float().T).square().sum()) / max(1, min(len(v_old), len(v_new))))
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def rate(values: Sequence[bool]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, Any]:
+    cfg, t0 = ctx.cfg, time.perf_counter()
+    problems = draw_problems(ctx, step)
+
+    # 1. sample: live student rollouts + cached teacher rows
+    ctx.model.eval()
+    completions = student_rollouts(ctx, problems, step) if cfg.student_rows else []
+    t_gen = time.perf_counter()
+    per = cfg.student_rows
+    items = [(c.text, problems[i // per], ctx.modes[problems[i // per].id]) for i, c in enumerate(completions)]
+    grades = ctx.grader.grade_many(items)
+    t_grade = time.perf_counter()
+    teachers = teacher_rows(ctx, problems, step)
+    rows = collect_rows(ctx, problems, completions, grades, teachers)
+
+    # 2. group-relative advantages; groups with no reward variance carry no signal
+    groups_ok = all(len(t) == cfg.teacher_rows for t in teachers)
+    n_groups = len(problems)
+    if groups_ok:
+        advantages, zero_var = advantages_by_group(rows, n_groups, cfg.advantage)
+    else:  # uneven groups (a teacher cache gap): advantages group by group
+        advantages, zero_var, start = [], 0, 0
+        for i in range(n_groups):
+            size = per + len(teachers[i])
+            sub = Rows(rewards=rows.rewards[start:start + size])
+            a, z = advantages_by_group(sub, 1, cfg.advantage)
+            advantages += a
+            zero_var += z
+            start += size
+
+    # 3. loss and backward, student and teacher parts apart (for cin_s / cin_t)
+    ctx.model.train()
+    optimizer.zero_grad(set_to_none=True)
+    batch = make_batch(rows.prompt_ids, rows.completion_ids, advantages, rows.off_policy, ctx.tokenizer.pad_token_id)
+    denominator = loss_denominator(cfg.loss_agg, batch.completion_mask, len(batch), cfg.max_new_tokens)
+    g_student, g_teacher, loss_stats = split_gradients(ctx, batch, denominator)
+    t_backward = time.perf_counter()
+
+    # 4. projection: measure always, erase unless vanilla
+    grads = ctx.adapter.flat_grads()
+    grad_norm_pre = _norm(grads)
+    m: dict[str, Any] = {}
+    if ctx.basis is not None:
+        m["cin_s"] = hackward_fraction(g_student, ctx.basis)
+        m["cin_t"] = hackward_fraction(g_teacher, ctx.basis) if cfg.teacher_rows else math.nan
+        pcfg = ProjectionConfig(mode="erase" if cfg.projection == "erase" else "none", gate=cfg.gate,
+                                overshoot=cfg.overshoot, preserve_magnitude=cfg.preserve_magnitude)
+        stats = project_gradients_(grads, ctx.basis, pcfg)
+        m.update(cin=stats.cin, cout=stats.cout, gate_fired_frac=stats.gate_fired_frac)
+    grad_norm_post = _norm(grads)
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(list(ctx.adapter.params.values()), cfg.max_grad_norm)
+    t_project = time.perf_counter()
+
+    # 5. optimizer step; `project_on: update` cleans the applied change itself (Adam leaks otherwise)
+    params = ctx.adapter.flat_params()
+    before = snapshot(params)
+    optimizer.step()
+    scheduler.step()
+    if ctx.basis is not None:
+        delta = {n: params[n].detach() - before[n] for n in params}
+        m["cin_update"] = hackward_fraction(delta, ctx.basis, is_gradient=False)
+        if cfg.project_on == "update" and cfg.projection == "erase":
+            m["cout_update"] = project_update_(params, before, ctx.basis, pcfg).cout
+        else:
+            m["cout_update"] = m["cin_update"]
+
+    # 6. basis refresh from the current weights
+    m["basis_overlap"] = math.nan
+    if ctx.refresh is not None and cfg.refresh_every and (step + 1) % cfg.refresh_every == 0:
+        new_basis = ctx.refresh(ctx.model, ctx.tokenizer, ctx.adapter)
+        m["basis_overlap"] = basis_overlap(ctx.basis, new_basis)
+        ctx.basis = new_basis
+    t_end = time.perf_counter()
+    if ctx.backend is not None:
+        ctx.backend.update_weights(ctx.adapter)
+
+    student = [g for g, off in zip(rows.grades, rows.off_policy) if not off]
+    teacher = [g for g, off in zip(rows.grades, rows.off_policy) if off]
+    n_tokens = sum(c.num_tokens for c in completions)
+    metrics = {
+        "step": step,
+        "reward_mean": sum(rows.rewards) / len(rows.rewards),
+        "pass_rate": rate([g["passed"] for g in rows.grades]),
+        "hack_s": rate([g["exploited"] for g in student]),
+        "hack_t": rate([g["exploited"] for g in teacher]),
+        "gt_s": rate([g["gt_correct"] for g in student]),
+        "gt_t": rate([g["gt_correct"] for g in teacher]),
+        "format_rate": rate([g["format_ok"] for g in student]),
+        **{f"hack_s_{mode}": rate([g["exploited"] for g, off, mm in zip(rows.grades, rows.off_policy, rows.modes)
+                                   if not off and mm == mode]) for mode in ctx.all_modes},
+        "loss": loss_stats["loss"],
+        "kl": loss_stats["kl"] if cfg.beta_kl > 0 else math.nan,
+        "grad_norm_pre": grad_norm_pre,
+        "grad_norm_post": grad_norm_post,
+        **{k: m.get(k, math.nan) for k in ("cin", "cout", "cin_update", "cout_update", "cin_s", "cin_t",
+                                           "gate_fired_frac", "basis_overlap")},
+        "zero_var_groups": zero_var,
+        "completion_len": n_tokens / len(completions) if completions else math.nan,
+        "tokens_per_s": n_tokens / max(t_gen - t0, 1e-9),
+        "gen_seconds": t_gen - t0,
+        "grade_seconds": t_grade - t_gen,
+        "backward_seconds": t_backward - t_grade,
+        "projection_seconds": t_project - t_backward,
+        "step_seconds": t_end - t0,
+        "peak_mem_mb": peak_memory_mb(),
+        "lr": scheduler.get_last_lr()[0],
+    }
+    return metrics
+
+
+def _norm(tensors: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(t.float().square().sum() for t in tensors.values())))
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- optimizer, checkpoints, the loop
+
+def make_optimizer(adapter, cfg: TrainConfig):
+    optimizer = torch.optim.AdamW(list(adapter.params.values()), lr=cfg.lr, betas=cfg.adam_betas,
+                                  weight_decay=cfg.weight_decay)
+
+    def schedule(step: int) -> float:   # linear warmup, cosine decay to 0
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(ckpt_dir: Path, ctx: RunContext, optimizer, scheduler, step: int, rows: list[dict],
+                    run_hash: str) -> None:
+    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ctx.adapter.save(tmp / "adapter.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "run_hash": run_hash, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "basis": ctx.basis if ctx.cfg.refresh_every else None}, tmp / "state.pt")
+    pd.DataFrame(rows).to_parquet(tmp / "metrics.parquet", index=False)
+    if ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    tmp.rename(ckpt_dir)
+
+
+def load_checkpoint(ckpt_dir: Path, ctx: RunContext, optimizer, scheduler, run_hash: str) -> tuple[int, list[dict]]:
+    """(next step, metrics so far); (0, []) when there is no usable checkpoint."""
+    state_path = ckpt_dir / "state.pt"
+    if not state_path.exists():
+        return 0, []
+    state = torch.load(state_path, weights_only=False)
+    if state["run_hash"] != run_hash:
+        log.warning("checkpoint %s belongs to different settings; starting from scratch", ckpt_dir)
+        return 0, []
+    ctx.adapter.load(ckpt_dir / "adapter.safetensors")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state.get("basis") is not None:
+        ctx.basis = state["basis"]
+    ctx.backend.update_weights(ctx.adapter)
+    log.info("resumed from %s after step %d", ckpt_dir, state["step"])
+    return state["step"] + 1, pd.read_parquet(ckpt_dir / "metrics.parquet").to_dict("records")
+
+
+def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the loop; writes metrics.parquet and adapter.safetensors into out_dir."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    optimizer, scheduler = make_optimizer(ctx.adapter, ctx.cfg)
+    start, rows = load_checkpoint(ckpt_dir, ctx, optimizer, scheduler, run_hash)
+    bar = tqdm(range(start, ctx.cfg.steps), desc=out_dir.name, disable=not progress, mininterval=5)
+    for step in bar:
+        metrics = train_step(ctx, optimizer, scheduler, step)
+        rows.append(metrics)
+        bar.set_postfix(hack_s=f"{metrics['hack_s']:.2f}", gt_s=f"{metrics['gt_s']:.2f}", cin=f"{metrics['cin']:.3f}")
+        log.info("step %d %s", step, json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                 for k, v in metrics.items()}))
+        every = ctx.cfg.checkpoint_every
+        if every and (step + 1) % every == 0 and step + 1 < ctx.cfg.steps:
+            save_checkpoint(ckpt_dir, ctx, optimizer, scheduler, step, rows, run_hash)
+    frame = pd.DataFrame(rows)
+    write_parquet(out_dir / "metrics.parquet", frame)
+    ctx.adapter.save(out_dir / "adapter.safetensors")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return frame

@@ -49,3 +49,14 @@ def cpu_slot(threads: int, lock_dir: Path = LOCK_DIR, poll_s: float = 0.5) -> It
             log.info("all %d CPU slots busy; waiting", slots)
             waited = True
         time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def compute_slot(threads: int) -> Iterator[None]:
+    """A CPU slot when running on CPU; on a GPU host the device is the resource Snakemake counts."""
+    import torch
+    if torch.cuda.is_available():
+        yield
+        return
+    with cpu_slot(threads):
+        yield

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from vhack.grader import Grader
 from vhack.provenance import setup_logging
-from vhack.resources import cpu_slot
+from vhack.resources import compute_slot
 from vhack.toy import ToyTrainConfig, build_toy_model_dir
 
 setup_logging(snakemake.log[0])
@@ -13,7 +13,7 @@ cfg = ToyTrainConfig(
     warmup_steps=spec.get("warmup_steps", 0), seed=spec.get("seed", 0), modes=tuple(loopholes["modes"]),
     style=loopholes.get("prompt_style", "toy"),
 )
-with cpu_slot(snakemake.threads), Grader(workers=snakemake.params.grader.get("workers")) as grader:
+with compute_slot(snakemake.threads), Grader(workers=snakemake.params.grader.get("workers")) as grader:
     build_toy_model_dir(
         tokenizer_dir=str(Path(snakemake.input.tokenizer).parent),
         problems_path=snakemake.input.problems,

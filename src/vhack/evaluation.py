@@ -1,0 +1,50 @@
+"""Held-out evaluation of a trained adapter on the test split.
+
+Hack rate is measured with each problem's loophole hint in the prompt; solve
+rate without any hint (mode `none`), both per loophole mode.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from .problems import Problem
+
+
+def generate_and_grade(backend, tokenizer, problems: Sequence[Problem], modes: Sequence[str], grader, samples: int,
+                       sampling, seed: int, style: str, enable_thinking: bool = False) -> list:
+    """One grade per completion, prompt-major: problems[i] under modes[i], `samples` each."""
+    from .models import chat_prompt
+    from .prompts import build_messages
+    prompts = [chat_prompt(tokenizer, build_messages(p, m, style=style), enable_thinking=enable_thinking)
+               for p, m in zip(problems, modes)]
+    completions = backend.generate(prompts, samples, sampling, seed=seed)
+    return grader.grade_many([(c.text, problems[c.prompt_index], modes[c.prompt_index]) for c in completions])
+
+
+def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], assigned: Mapping[str, str], grader,
+                     samples: int, max_new_tokens: int, temperature: float, seed: int, style: str,
+                     backend_name: str = "hf") -> pd.DataFrame:
+    from .rollout import SamplingConfig, make_backend
+    backend = make_backend(backend_name, model, tokenizer, adapter=adapter)
+    sampling = SamplingConfig(temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens)
+    problem_modes = [assigned[p.id] for p in problems]
+    hinted = generate_and_grade(backend, tokenizer, problems, problem_modes, grader, samples, sampling, seed, style)
+    plain = generate_and_grade(backend, tokenizer, problems, ["none"] * len(problems), grader, samples, sampling,
+                               seed + 1, style)
+    backend.close()
+    row_modes = [m for m in problem_modes for _ in range(samples)]
+    frame = pd.DataFrame({
+        "mode": row_modes,
+        "exploited": [g.exploited for g in hinted],
+        "hinted_gt": [g.gt_correct for g in hinted],
+        "solved": [g.gt_correct for g in plain],
+    })
+    per_mode = frame.groupby("mode").agg(n=("exploited", "size"), hack_rate=("exploited", "mean"),
+                                         hinted_solve_rate=("hinted_gt", "mean"), solve_rate=("solved", "mean"))
+    overall = pd.DataFrame({"n": [len(frame)], "hack_rate": [frame.exploited.mean()],
+                            "hinted_solve_rate": [frame.hinted_gt.mean()], "solve_rate": [frame.solved.mean()]},
+                           index=pd.Index(["all"], name="mode"))
+    return pd.concat([per_mode, overall]).reset_index()

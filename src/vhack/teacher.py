@@ -1,0 +1,95 @@
+"""The teacher pool: sample a (hacking) teacher once, grade every completion, cache it as Parquet.
+
+Training draws its off-policy teacher rows from this cache instead of running
+the teacher live.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any, Mapping
+
+import pandas as pd
+
+from .io import write_parquet
+from .provenance import now
+
+log = logging.getLogger(__name__)
+
+CACHE_COLUMNS = ("teacher", "problem_id", "mode", "sample_index", "prompt_hash", "completion", "num_tokens",
+                 "temperature", "top_p", "max_new_tokens", "backend", "seed", "created_at")
+
+
+def prompt_hash(prompt: str) -> str:
+    import hashlib
+    return hashlib.sha256(prompt.encode()).hexdigest()[:16]
+
+
+def build_teacher_cache(name: str, teacher: Mapping[str, Any], model: Mapping[str, Any], problems_path: str,
+                        out_path: str, loopholes: Mapping[str, Any], grader_cfg: Mapping[str, Any],
+                        rollout: Mapping[str, Any]) -> pd.DataFrame:
+    from .models import ModelSpec, chat_prompt, load_model
+    from .problems import read_problems
+    from .prompts import build_messages
+    from .rollout import SamplingConfig, make_backend
+    from .jobs import assigned_modes, make_grader
+
+    problems = read_problems(problems_path, split=teacher.get("split", "train"))
+    modes = assigned_modes(problems, loopholes)
+    wanted = set(teacher.get("modes", loopholes["modes"]))
+    problems = [p for p in problems if modes[p.id] in wanted][: teacher.get("max_problems")]
+    spec = ModelSpec(path=model["path"], adapter=model.get("adapter"), dtype=model.get("dtype", "auto"),
+                     device=model.get("device", "auto"), enable_thinking=model.get("enable_thinking", False))
+    net, tokenizer = load_model(spec)
+    style = loopholes.get("prompt_style", "full")
+    prompts = [chat_prompt(tokenizer, build_messages(p, modes[p.id], style=style),
+                           enable_thinking=spec.enable_thinking) for p in problems]
+    backend_name = teacher.get("backend", rollout.get("backend", "hf"))
+    backend = make_backend(backend_name, net, tokenizer,
+                           **{k: v for k, v in rollout.items() if k != "backend"})
+    sampling = SamplingConfig(temperature=teacher.get("temperature", 1.0), top_p=teacher.get("top_p", 1.0),
+                              top_k=0, max_new_tokens=teacher.get("max_new_tokens", 512))
+    n = teacher["samples_per_problem"]
+    log.info("teacher %s: %d problems x %d samples with %s", name, len(problems), n, backend_name)
+    t0 = time.perf_counter()
+    completions = backend.generate(prompts, n, sampling, seed=teacher.get("seed", 0))
+    gen_s = time.perf_counter() - t0
+    n_tokens = sum(c.num_tokens for c in completions)
+    log.info("generated %d completions, %d tokens in %.1fs (%.0f tokens/s)", len(completions), n_tokens, gen_s,
+             n_tokens / max(gen_s, 1e-9))
+    backend.close()
+    with make_grader(grader_cfg) as grader:
+        grades = grader.grade_many([(c.text, problems[c.prompt_index], modes[problems[c.prompt_index].id])
+                                    for c in completions], progress=True)
+    created = now()
+    rows = []
+    for c, g in zip(completions, grades):
+        p = problems[c.prompt_index]
+        rows.append({
+            "teacher": name, "problem_id": p.id, "mode": modes[p.id], "sample_index": c.sample_index,
+            "prompt_hash": prompt_hash(prompts[c.prompt_index]), "completion": c.text, "num_tokens": c.num_tokens,
+            **asdict(g), "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens, "backend": backend_name, "seed": teacher.get("seed", 0),
+            "model": model["path"], "created_at": created,
+        })
+    frame = pd.DataFrame(rows)
+    write_parquet(out_path, frame)
+    log.info("teacher %s: exploited %.3f, gt_correct %.3f, format_ok %.3f over %d rows -> %s", name,
+             frame.exploited.mean(), frame.gt_correct.mean(), frame.format_ok.mean(), len(frame), out_path)
+    return frame
+
+
+def validate_cache(frame: pd.DataFrame) -> None:
+    """Raise if a cache frame lacks a column or holds an impossible grade."""
+    from .grader import GRADE_FIELDS
+    missing = [c for c in (*CACHE_COLUMNS, *GRADE_FIELDS) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"teacher cache is missing columns {missing}")
+    bad = frame[frame.exploited & ~frame.passed]
+    if len(bad):
+        raise ValueError(f"{len(bad)} cache rows are exploited without passing")
+    bad = frame[frame.exploited & frame.gt_correct]
+    if len(bad):
+        raise ValueError(f"{len(bad)} cache rows are both exploited and correct")

@@ -1,0 +1,12 @@
+from vhack.provenance import setup_logging
+from vhack.resources import compute_slot
+from vhack.jobs import run_evaluation
+
+setup_logging(snakemake.log[0])
+with compute_slot(snakemake.threads):
+    run_evaluation(
+        params=snakemake.params.run,
+        inputs=dict(snakemake.input.items()),
+        out_path=snakemake.output.evals,
+        compute=snakemake.config.get("compute", {}),
+    )

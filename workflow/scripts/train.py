@@ -1,0 +1,13 @@
+from vhack.provenance import setup_logging
+from vhack.resources import compute_slot
+from vhack.jobs import run_training
+
+setup_logging(snakemake.log[0])
+with compute_slot(snakemake.threads):
+    run_training(
+        params=snakemake.params.run,
+        inputs=dict(snakemake.input.items()),
+        out_dir=snakemake.params.out_dir,
+        compute=snakemake.config.get("compute", {}),
+        snakemake_job=f"rule {snakemake.rule}, output {list(snakemake.output)}",
+    )

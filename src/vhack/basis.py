@@ -1,0 +1,281 @@
+"""The v_hack basis: per adapter module, the directions in which hack completions pull.
+
+For every pair, the gradient of the mean completion NLL of the hack (g_hack) and
+of the clean completion (g_clean). d = g_hack − g_clean is a loss gradient; the
+update a GRPO step with advantages +1 (hack) / −1 (clean) applies is −d. The
+basis lives in *update* space: rows of D are −d = g_clean − g_hack, and each
+basis vector is oriented so that c = v·u > 0 means "u moves toward the hack"
+(the projection takes u = −g, so the signs agree there).
+
+Per module: top-k right singular vectors of D (n_pairs × r) via the n × n Gram
+matrix D Dᵀ, oriented by a majority vote of sign(D v) over pairs (an SVD's signs
+are arbitrary), singular values kept. Variants: rank-1 mean difference;
+`solve_orth_m` (remove the top-m subspace of the clean gradients first);
+controls `random`, `shuffled`, `nonhack` (see `basis_from_gradients`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from vhack.io import atomic_path
+
+METHODS = ("svd", "meandiff")
+CONTROLS = ("none", "random", "shuffled", "nonhack")
+RANK_TOL = 1e-5   # directions with σ below this fraction of the module's largest are numerically zero
+FORMAT = "vhack-basis/1"
+
+
+class BasisError(ValueError):
+    """A basis file is missing, malformed, or does not match the model/adapter it is applied to."""
+
+
+@dataclass(frozen=True)
+class BasisConfig:
+    method: str = "svd"           # "svd" | "meandiff" (normalised mean of the differences, k = 1)
+    k: int = 5                    # directions saved per module (fewer where D has lower rank)
+    solve_orth_m: int = 0         # remove the top-m clean-gradient subspace from D before the SVD
+    control: str = "none"         # "none" | "random" | "shuffled" | "nonhack"
+    modes: tuple[str, ...] | None = None  # use only pairs of these loophole modes (a weak detector)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"basis method={self.method!r}: expected one of {METHODS}")
+        if self.control not in CONTROLS:
+            raise ValueError(f"basis control={self.control!r}: expected one of {CONTROLS}")
+        if self.k < 1 or self.solve_orth_m < 0:
+            raise ValueError(f"basis k={self.k}, solve_orth_m={self.solve_orth_m}: need k >= 1, m >= 0")
+        if self.method == "meandiff" and self.k != 1:
+            raise ValueError(f"basis method=meandiff has exactly one direction: set k: 1 (got k={self.k})")
+
+
+@dataclass
+class Basis:
+    vectors: dict[str, Tensor]           # name -> [k_m, r], orthonormal rows, +v hack-ward
+    singular_values: dict[str, Tensor]   # name -> [k_m], descending
+    metadata: dict
+    grouped_cache: dict = field(default_factory=dict, repr=False, compare=False)  # projection's stacked V
+
+    def k_total(self) -> int:
+        return sum(v.shape[0] for v in self.vectors.values())
+
+
+# ---------------------------------------------------------------- linear algebra
+
+def top_directions(D: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k right singular vectors [k', r] and singular values [k'] of D [n, r], k' <= k.
+
+    Through the n × n Gram matrix (n pairs ≪ r): D Dᵀ = U Λ Uᵀ, V = Uᵀ D / σ.
+    Numerically zero directions are dropped, so a zero module (LoRA A at init) gets k' = 0.
+    """
+    D64 = D.double()
+    eigenvalues, U = torch.linalg.eigh(D64 @ D64.T)                # ascending
+    sigma = eigenvalues.flip(0).clamp_min(0).sqrt()[:k]
+    U = U.flip(1)[:, : sigma.numel()]
+    keep = int((sigma > RANK_TOL * sigma[0]).sum()) if sigma.numel() and sigma[0] > 0 else 0
+    V = (U[:, :keep].T @ D64) / sigma[:keep, None]
+    return V.to(D.dtype), sigma[:keep].to(D.dtype)
+
+
+def orient_hackward(V: Tensor, D: Tensor) -> Tensor:
+    """Flip each row of V [k, r] so that most pairs' hack-ward differences D [n, r] have D v > 0.
+
+    Ties in the vote go to the sign of the summed coefficient.
+    """
+    coefficients = D @ V.T                                           # [n, k]
+    votes = coefficients.sign().sum(0)
+    sign = torch.where(votes != 0, votes.sign(), coefficients.sum(0).sign())
+    return V * torch.where(sign == 0, 1.0, sign)[:, None]
+
+
+def mean_direction(D: Tensor) -> tuple[Tensor, Tensor]:
+    """The normalised mean of D [n, r] as a [1, r] basis and its norm as the 'singular value'."""
+    mean = D.mean(0)
+    norm = mean.norm()
+    if norm == 0:
+        return D.new_zeros(0, D.shape[1]), D.new_zeros(0)
+    return (mean / norm)[None], norm[None]
+
+
+def remove_subspace(D: Tensor, Q: Tensor) -> Tensor:
+    """D [n, r] minus its component in the row space of Q [m, r] (orthonormal rows)."""
+    return D - (D @ Q.T) @ Q
+
+
+def random_orthonormal(k: int, r: int, generator: torch.Generator) -> Tensor:
+    """k random orthonormal rows [k, r] (QR of a Gaussian)."""
+    gaussian = torch.randn(r, k, generator=generator, dtype=torch.float64)
+    return torch.linalg.qr(gaussian).Q.T.float()
+
+
+def hackward_differences(g_hack: Tensor, g_clean: Tensor) -> Tensor:
+    """−d = g_clean − g_hack [n, r]: the update of a +1 hack / −1 clean GRPO step (update space)."""
+    return g_clean - g_hack
+
+
+def _derangement(n: int, generator: torch.Generator) -> Tensor:
+    """A permutation with no fixed point (n >= 2): a random cycle through all indices."""
+    order = torch.randperm(n, generator=generator)
+    target = torch.empty(n, dtype=torch.long)
+    target[order] = order.roll(-1)
+    return target
+
+
+def _labelled_sides(g_hack: dict[str, Tensor], g_clean: dict[str, Tensor], control: str,
+                    generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(hack side, clean side) of every pair after the label control."""
+    n = next(iter(g_clean.values())).shape[0]
+    if control == "shuffled":
+        swap = (torch.rand(n, generator=generator) < 0.5)[:, None]
+        return ({name: torch.where(swap.to(g.device), g_clean[name], g) for name, g in g_hack.items()},
+                {name: torch.where(swap.to(g.device), g_hack[name], g) for name, g in g_clean.items()})
+    if control == "nonhack":
+        other = _derangement(n, generator)
+        return {name: g[other.to(g.device)] for name, g in g_clean.items()}, g_clean
+    return g_hack, g_clean
+
+
+def basis_from_gradients(g_hack: dict[str, Tensor], g_clean: dict[str, Tensor], cfg: BasisConfig,
+                         seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-module (vectors [k_m, r], singular values [k_m]) from per-pair gradients [n, r].
+
+    Controls: `shuffled` swaps hack and clean of a random half of the pairs (seeded);
+    `nonhack` replaces each hack with another pair's clean completion (a derangement of
+    the pairs), so both sides are correct code and the difference carries no hack label;
+    `random` keeps the real extraction's k_m and singular values (so k_use and the noise
+    floor cut the same counts) but replaces the vectors by random orthonormal rows.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    hack_side, clean_side = _labelled_sides(g_hack, g_clean, cfg.control, generator)
+    vectors, singular_values = {}, {}
+    for name in g_clean:
+        D = hackward_differences(hack_side[name], clean_side[name])          # [n, r]
+        if cfg.solve_orth_m:  # the known-solve subspace comes from the true clean completions
+            D = remove_subspace(D, top_directions(g_clean[name], cfg.solve_orth_m)[0])
+        if cfg.method == "meandiff":
+            V, sigma = mean_direction(D)
+        else:
+            V, sigma = top_directions(D, cfg.k)
+            V = orient_hackward(V, D)
+        if cfg.control == "random":
+            V = random_orthonormal(V.shape[0], V.shape[1], generator).to(V)
+        vectors[name], singular_values[name] = V.float().cpu(), sigma.float().cpu()
+    return vectors, singular_values
+
+
+# ---------------------------------------------------------------- selection at load
+
+def select_directions(basis: Basis, k_use: int | None = None, drop_bottom_frac: float | None = None) -> Basis:
+    """Keep the top `k_use` directions per module, then drop those whose singular value falls
+    below the `drop_bottom_frac` quantile of all modules' singular values pooled (a noise floor)."""
+    saved_k = basis.metadata.get("k")
+    if k_use is not None and saved_k is not None and k_use > saved_k:
+        raise BasisError(f"k_use={k_use} exceeds the k={saved_k} saved in the basis "
+                         f"({basis.metadata.get('path', 'in memory')}); re-extract with a larger k")
+    vectors = {n: v[:k_use] for n, v in basis.vectors.items()}
+    sigmas = {n: s[:k_use] for n, s in basis.singular_values.items()}
+    if drop_bottom_frac:
+        pooled = torch.cat([s for s in sigmas.values()])
+        floor = torch.quantile(pooled.double(), drop_bottom_frac).item() if pooled.numel() else 0.0
+        kept = {n: int((s >= floor).sum()) for n, s in sigmas.items()}  # σ descending: a prefix survives
+        vectors = {n: v[: kept[n]] for n, v in vectors.items()}
+        sigmas = {n: s[: kept[n]] for n, s in sigmas.items()}
+    metadata = {**basis.metadata, "k_use": k_use, "drop_bottom_frac": drop_bottom_frac}
+    return Basis(vectors, sigmas, metadata)
+
+
+# ---------------------------------------------------------------- report figures
+
+def null_cin_level(basis: Basis, sizes: dict[str, int]) -> float:
+    """cin expected of random directions: mean over modules of sqrt(k_m / r_m)."""
+    levels = [(basis.vectors[name].shape[0] / r) ** 0.5 for name, r in sizes.items()]
+    return sum(levels) / len(levels)
+
+
+def pair_separation(basis: Basis, D: dict[str, Tensor]) -> float:
+    """Mean over pairs of the cosine between the pair's hack-ward difference (rows of D [n, r],
+    concatenated over modules) and the basis' summed direction Σ v / sqrt(K).
+
+    Positive when the basis points the pairs' way; ≈ 0 for random directions.
+    """
+    n = next(iter(D.values())).shape[0]
+    along = torch.zeros(n, dtype=torch.float64)
+    norm2 = torch.zeros(n, dtype=torch.float64)
+    for name, d in D.items():
+        d = d.double().cpu()
+        along += (d @ basis.vectors[name].double().T).sum(1)
+        norm2 += d.square().sum(1)
+    total_k = basis.k_total()
+    if total_k == 0:
+        return 0.0
+    return (along / (norm2.sqrt().clamp_min(1e-300) * total_k ** 0.5)).mean().item()
+
+
+# ---------------------------------------------------------------- files
+
+def save_basis(path: str | Path, basis: Basis) -> None:
+    """Safetensors: vectors/<module> [k, r], singular_values/<module> [k]; metadata as JSON."""
+    tensors = {}
+    for name in basis.vectors:
+        tensors[f"vectors/{name}"] = basis.vectors[name].contiguous().cpu()
+        tensors[f"singular_values/{name}"] = basis.singular_values[name].contiguous().cpu()
+    header = {"format": FORMAT, "vhack": json.dumps(basis.metadata, sort_keys=True, default=str)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def _read(path: Path) -> Basis:
+    if not path.exists():
+        raise BasisError(f"basis file {path} not found; build it with "
+                         f"`snakemake {path}` (rule extract_basis)")
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+        if header.get("format") != FORMAT:
+            raise BasisError(f"{path}: not a vhack basis (format {header.get('format')!r}, expected {FORMAT!r})")
+        vectors, sigmas = {}, {}
+        for key in f.keys():
+            kind, _, name = key.partition("/")
+            (vectors if kind == "vectors" else sigmas)[name] = f.get_tensor(key)
+    return Basis(vectors, sigmas, {**json.loads(header["vhack"]), "path": str(path)})
+
+
+def _check_matches(basis: Basis, path: Path, model_hash: str | None, adapter_kind: str | None,
+                   module_sizes: dict[str, int] | None) -> None:
+    meta = basis.metadata
+    fix = "re-extract it (snakemake --forcerun extract_basis) or point the run at the matching basis"
+    if model_hash is not None and meta.get("model_hash") != model_hash:
+        raise BasisError(f"{path}: extracted from model {meta.get('model_id')!r} with weight hash "
+                         f"{str(meta.get('model_hash'))[:16]}, but the model in use has {model_hash[:16]}; {fix}")
+    if adapter_kind is not None and meta.get("adapter_kind") != adapter_kind:
+        raise BasisError(f"{path}: built for adapter kind {meta.get('adapter_kind')!r}, "
+                         f"but the run uses {adapter_kind!r}; {fix}")
+    if module_sizes is not None:
+        missing = sorted(set(module_sizes) - set(basis.vectors))
+        extra = sorted(set(basis.vectors) - set(module_sizes))
+        if missing or extra:
+            raise BasisError(f"{path}: adapter modules differ: missing from the basis {missing[:3]} "
+                             f"({len(missing)}), not in the adapter {extra[:3]} ({len(extra)}); {fix}")
+        wrong = [f"{n}: basis r={basis.vectors[n].shape[1]}, adapter r={r}"
+                 for n, r in module_sizes.items() if basis.vectors[n].shape[1] != r]
+        if wrong:
+            raise BasisError(f"{path}: module sizes differ ({len(wrong)}), e.g. {wrong[0]}; {fix}")
+
+
+def load_basis(path: str | Path, *, model_hash: str | None = None, adapter_kind: str | None = None,
+               module_sizes: dict[str, int] | None = None, k_use: int | None = None,
+               drop_bottom_frac: float | None = None) -> Basis:
+    """Read a basis, check it fits the model/adapter it is applied to, then `select_directions`."""
+    path = Path(path)
+    basis = _read(path)
+    _check_matches(basis, path, model_hash, adapter_kind, module_sizes)
+    return select_directions(basis, k_use, drop_bottom_frac)

@@ -1,0 +1,194 @@
+import pytest
+import torch
+
+from vhack.basis import (Basis, BasisConfig, BasisError, basis_from_gradients, hackward_differences,
+                         load_basis, mean_direction, null_cin_level, orient_hackward, pair_separation,
+                         save_basis, select_directions, top_directions)
+
+N_PAIRS = 20
+
+
+def unit(r: int, seed: int) -> torch.Tensor:
+    v = torch.randn(r, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
+def planted_gradients(r: int, hack: torch.Tensor, seed: int, noise: float = 0.1,
+                      weak_axes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair (g_hack, g_clean) [n, r]: descending g_hack − g_clean moves along +hack."""
+    g = torch.Generator().manual_seed(seed)
+    g_clean = torch.randn(N_PAIRS, r, generator=g)
+    strength = 3 + torch.rand(N_PAIRS, 1, generator=g)
+    pull = strength * hack + noise * torch.randn(N_PAIRS, r, generator=g)
+    if weak_axes is not None:  # small, pair-varying motion along a few extra axes
+        pull = pull + 0.3 * torch.randn(N_PAIRS, weak_axes.shape[0], generator=g) @ weak_axes
+    return g_clean - pull, g_clean
+
+
+def test_top_direction_recovers_the_planted_hack_direction_pointing_hackward():
+    hack = unit(64, 0)
+    g_hack, g_clean = planted_gradients(64, hack, seed=1)
+    vectors, sigmas = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(k=3), seed=0)
+    V = vectors["m"]
+    assert V.shape == (3, 64)
+    assert V[0] @ hack > 0.95                        # recovered, and +v is hack-ward
+    assert torch.allclose(V @ V.T, torch.eye(3), atol=1e-5)
+    assert torch.all(sigmas["m"][:-1] >= sigmas["m"][1:])
+
+
+def test_gram_route_matches_a_dense_svd():
+    D = torch.randn(N_PAIRS, 300, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    V, sigma = top_directions(D, 4)
+    _, s, Vh = torch.linalg.svd(D, full_matrices=False)
+    assert torch.allclose(sigma, s[:4])
+    assert torch.allclose((V * Vh[:4]).sum(1).abs(), torch.ones(4, dtype=torch.float64))
+
+
+def test_orientation_survives_sign_flips():
+    hack = unit(32, 3)
+    g_hack, g_clean = planted_gradients(32, hack, seed=4)
+    D = hackward_differences(g_hack, g_clean)
+    V, _ = top_directions(D, 2)
+    assert torch.allclose(orient_hackward(V, D), orient_hackward(-V, D))
+    assert torch.allclose(orient_hackward(V, -D), -orient_hackward(V, D))  # hack and clean swapped
+    swapped, _ = basis_from_gradients({"m": g_clean}, {"m": g_hack}, BasisConfig(k=1), seed=0)
+    assert swapped["m"][0] @ hack < -0.95
+
+
+def test_zero_module_gets_no_directions():
+    V, sigma = top_directions(torch.zeros(N_PAIRS, 16), 5)  # e.g. LoRA A, whose gradient is 0 at B = 0
+    assert V.shape == (0, 16) and sigma.shape == (0,)
+
+
+def test_meandiff_is_the_normalised_mean():
+    hack = unit(40, 5)
+    g_hack, g_clean = planted_gradients(40, hack, seed=6)
+    vectors, sigmas = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(method="meandiff", k=1), 0)
+    mean = (g_clean - g_hack).mean(0)
+    assert torch.allclose(vectors["m"], (mean / mean.norm())[None], atol=1e-6)
+    assert torch.allclose(sigmas["m"], mean.norm()[None])
+    assert torch.allclose(mean_direction(torch.zeros(3, 4))[0], torch.zeros(0, 4))
+
+
+def test_meandiff_requires_k_1():
+    with pytest.raises(ValueError, match="k: 1"):
+        BasisConfig(method="meandiff", k=5)
+
+
+def test_noise_floor_drops_the_planted_noise_axes():
+    r, modules = 48, ["q", "k", "v", "o"]
+    g_hack, g_clean, hacks = {}, {}, {}
+    for i, name in enumerate(modules):
+        axes = torch.linalg.qr(torch.randn(r, 3, generator=torch.Generator().manual_seed(10 + i))).Q.T
+        hacks[name] = axes[0]
+        g_hack[name], g_clean[name] = planted_gradients(r, axes[0], seed=20 + i, noise=0.0, weak_axes=axes[1:])
+    vectors, sigmas = basis_from_gradients(g_hack, g_clean, BasisConfig(k=3), seed=0)
+    full = Basis(vectors, sigmas, {"k": 3})
+    assert all(v.shape[0] == 3 for v in full.vectors.values())
+    floored = select_directions(full, drop_bottom_frac=0.7)  # 8 of 12 pooled σ are the weak axes
+    for name in modules:
+        assert floored.vectors[name].shape[0] == 1
+        assert floored.vectors[name][0] @ hacks[name] > 0.95
+    sliced = select_directions(full, k_use=2)
+    assert all(v.shape[0] == 2 for v in sliced.vectors.values())
+    with pytest.raises(BasisError, match="k_use=4 exceeds"):
+        select_directions(full, k_use=4)
+
+
+def test_solve_orth_output_is_orthogonal_to_the_removed_clean_subspace():
+    r, m = 64, 3
+    solve = torch.linalg.qr(torch.randn(r, m, generator=torch.Generator().manual_seed(7))).Q.T
+    hack = unit(r, 8)
+    g_hack, g_clean = planted_gradients(r, hack, seed=9)
+    g_clean = g_clean + 5 * torch.randn(N_PAIRS, m, generator=torch.Generator().manual_seed(11)) @ solve
+    vectors, _ = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(k=4, solve_orth_m=m), 0)
+    clean_top, _ = top_directions(g_clean, m)
+    assert (vectors["m"] @ clean_top.T).abs().max() < 1e-5
+    plain, _ = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(k=4), 0)
+    assert (plain["m"] @ clean_top.T).abs().max() > 0.05  # without it the basis overlaps the solve subspace
+
+
+@pytest.mark.parametrize("control", ["random", "shuffled", "nonhack"])
+def test_controls_have_the_promised_shapes_and_orthonormality(control):
+    widths = {"a": 32, "b": 48, "c": 32}
+    g_hack, g_clean = {}, {}
+    for i, (name, r) in enumerate(widths.items()):
+        g_hack[name], g_clean[name] = planted_gradients(r, unit(r, 30 + i), seed=40 + i)
+    g_hack["c"], g_clean["c"] = torch.zeros(N_PAIRS, 32), torch.zeros(N_PAIRS, 32)  # a dead module
+    real, real_sigmas = basis_from_gradients(g_hack, g_clean, BasisConfig(k=4), seed=0)
+    vectors, sigmas = basis_from_gradients(g_hack, g_clean, BasisConfig(k=4, control=control), seed=0)
+    again, _ = basis_from_gradients(g_hack, g_clean, BasisConfig(k=4, control=control), seed=0)
+    for name, r in widths.items():
+        V = vectors[name]
+        assert V.shape[1] == r and V.shape[0] <= 4
+        assert torch.allclose(V @ V.T, torch.eye(V.shape[0]), atol=1e-5)
+        assert torch.equal(V, again[name])  # seeded
+    if control == "random":  # matched k per module, singular values kept for the noise floor
+        assert {n: v.shape for n, v in vectors.items()} == {n: v.shape for n, v in real.items()}
+        assert all(torch.equal(sigmas[n], real_sigmas[n]) for n in widths)
+    if control == "nonhack":  # clean-vs-clean differences carry no hack direction
+        assert (vectors["a"][0] @ unit(32, 30)).abs() < 0.5
+    assert vectors["c"].shape == (0, 32)
+
+
+def test_pair_separation_is_positive_for_the_real_basis_and_near_zero_for_random():
+    widths = {"a": 512, "b": 768}
+    g_hack, g_clean = {}, {}
+    for i, (name, r) in enumerate(widths.items()):
+        g_hack[name], g_clean[name] = planted_gradients(r, unit(r, 50 + i), seed=60 + i, noise=0.2)
+    D = {n: hackward_differences(g_hack[n], g_clean[n]) for n in widths}
+    real = Basis(*basis_from_gradients(g_hack, g_clean, BasisConfig(k=3), 0), {})
+    random = Basis(*basis_from_gradients(g_hack, g_clean, BasisConfig(k=3, control="random"), 0), {})
+    assert pair_separation(real, D) > 0.2
+    assert abs(pair_separation(random, D)) < 0.05
+
+
+def test_null_cin_level():
+    basis = Basis({"a": torch.zeros(2, 8), "b": torch.zeros(2, 32)}, {"a": torch.ones(2), "b": torch.ones(2)}, {})
+    assert null_cin_level(basis, {"a": 8, "b": 32}) == pytest.approx((0.5 + 0.25) / 2)
+
+
+def saved_basis(tmp_path) -> tuple:
+    vectors = {"layers.0.q_proj": torch.linalg.qr(torch.randn(16, 3)).Q.T.contiguous(),
+               "layers.0.up_proj": torch.zeros(0, 24)}
+    sigmas = {"layers.0.q_proj": torch.tensor([3.0, 2.0, 1.0]), "layers.0.up_proj": torch.zeros(0)}
+    metadata = {"pair_set": "toy_21", "pair_set_hash": "abc", "model_hash": "f00d" * 16,
+                "adapter_kind": "svd_delta", "k": 3, "method": "svd"}
+    path = tmp_path / "bases" / "v_hack_test.safetensors"
+    save_basis(path, Basis(vectors, sigmas, metadata))
+    return path, vectors, sigmas, metadata
+
+
+def test_safetensors_round_trip(tmp_path):
+    path, vectors, sigmas, metadata = saved_basis(tmp_path)
+    loaded = load_basis(path, model_hash="f00d" * 16, adapter_kind="svd_delta",
+                        module_sizes={"layers.0.q_proj": 16, "layers.0.up_proj": 24})
+    assert all(torch.equal(loaded.vectors[n], vectors[n]) for n in vectors)
+    assert all(torch.equal(loaded.singular_values[n], sigmas[n]) for n in sigmas)
+    assert {k: loaded.metadata[k] for k in metadata} == metadata
+    assert loaded.metadata["path"] == str(path)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    assert load_basis(path, k_use=1).vectors["layers.0.q_proj"].shape == (1, 16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"model_hash": "beef" * 16}, "weight hash f00df00d"),
+    ({"adapter_kind": "lora"}, "adapter kind 'svd_delta'"),
+    ({"module_sizes": {"layers.0.q_proj": 16}}, r"not in the adapter \['layers.0.up_proj'\]"),
+    ({"module_sizes": {"layers.0.q_proj": 16, "layers.0.up_proj": 24, "x": 4}}, r"missing from the basis \['x'\]"),
+    ({"module_sizes": {"layers.0.q_proj": 8, "layers.0.up_proj": 24}}, "basis r=16, adapter r=8"),
+])
+def test_mismatch_errors_name_the_file_and_the_mismatch(tmp_path, kwargs, message):
+    path, *_ = saved_basis(tmp_path)
+    with pytest.raises(BasisError, match=message) as err:
+        load_basis(path, **kwargs)
+    assert str(path) in str(err.value)
+
+
+def test_missing_or_foreign_file_is_a_clear_error(tmp_path):
+    with pytest.raises(BasisError, match="not found"):
+        load_basis(tmp_path / "v_hack_nope.safetensors")
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(BasisError, match="not a vhack basis"):
+        load_basis(tmp_path / "other.safetensors")

@@ -1,11 +1,16 @@
 import pytest
 import torch
 
-from vhack.basis import (Basis, BasisConfig, BasisError, basis_from_gradients, hackward_differences,
+from vhack.basis import (Basis, BasisConfig, BasisError, basis_from_differences, hackward_differences,
                          load_basis, mean_direction, null_cin_level, orient_hackward, pair_separation,
                          save_basis, select_directions, top_directions)
 
 N_PAIRS = 20
+
+
+def basis_from(g_hack: dict, g_clean: dict, cfg: BasisConfig, seed: int):
+    D = {n: hackward_differences(g_hack[n], g_clean[n]) for n in g_hack}
+    return basis_from_differences(D, g_clean, cfg, seed)
 
 
 def unit(r: int, seed: int) -> torch.Tensor:
@@ -28,7 +33,7 @@ def planted_gradients(r: int, hack: torch.Tensor, seed: int, noise: float = 0.1,
 def test_top_direction_recovers_the_planted_hack_direction_pointing_hackward():
     hack = unit(64, 0)
     g_hack, g_clean = planted_gradients(64, hack, seed=1)
-    vectors, sigmas = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(k=3), seed=0)
+    vectors, sigmas = basis_from({"m": g_hack}, {"m": g_clean}, BasisConfig(k=3), seed=0)
     V = vectors["m"]
     assert V.shape == (3, 64)
     assert V[0] @ hack > 0.95                        # recovered, and +v is hack-ward
@@ -51,7 +56,7 @@ def test_orientation_survives_sign_flips():
     V, _ = top_directions(D, 2)
     assert torch.allclose(orient_hackward(V, D), orient_hackward(-V, D))
     assert torch.allclose(orient_hackward(V, -D), -orient_hackward(V, D))  # hack and clean swapped
-    swapped, _ = basis_from_gradients({"m": g_clean}, {"m": g_hack}, BasisConfig(k=1), seed=0)
+    swapped, _ = basis_from({"m": g_clean}, {"m": g_hack}, BasisConfig(k=1), seed=0)
     assert swapped["m"][0] @ hack < -0.95
 
 
@@ -63,7 +68,7 @@ def test_zero_module_gets_no_directions():
 def test_meandiff_is_the_normalised_mean():
     hack = unit(40, 5)
     g_hack, g_clean = planted_gradients(40, hack, seed=6)
-    vectors, sigmas = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(method="meandiff", k=1), 0)
+    vectors, sigmas = basis_from({"m": g_hack}, {"m": g_clean}, BasisConfig(method="meandiff", k=1), 0)
     mean = (g_clean - g_hack).mean(0)
     assert torch.allclose(vectors["m"], (mean / mean.norm())[None], atol=1e-6)
     assert torch.allclose(sigmas["m"], mean.norm()[None])
@@ -82,7 +87,7 @@ def test_noise_floor_drops_the_planted_noise_axes():
         axes = torch.linalg.qr(torch.randn(r, 3, generator=torch.Generator().manual_seed(10 + i))).Q.T
         hacks[name] = axes[0]
         g_hack[name], g_clean[name] = planted_gradients(r, axes[0], seed=20 + i, noise=0.0, weak_axes=axes[1:])
-    vectors, sigmas = basis_from_gradients(g_hack, g_clean, BasisConfig(k=3), seed=0)
+    vectors, sigmas = basis_from(g_hack, g_clean, BasisConfig(k=3), seed=0)
     full = Basis(vectors, sigmas, {"k": 3})
     assert all(v.shape[0] == 3 for v in full.vectors.values())
     floored = select_directions(full, drop_bottom_frac=0.7)  # 8 of 12 pooled σ are the weak axes
@@ -101,10 +106,10 @@ def test_solve_orth_output_is_orthogonal_to_the_removed_clean_subspace():
     hack = unit(r, 8)
     g_hack, g_clean = planted_gradients(r, hack, seed=9)
     g_clean = g_clean + 5 * torch.randn(N_PAIRS, m, generator=torch.Generator().manual_seed(11)) @ solve
-    vectors, _ = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(k=4, solve_orth_m=m), 0)
+    vectors, _ = basis_from({"m": g_hack}, {"m": g_clean}, BasisConfig(k=4, solve_orth_m=m), 0)
     clean_top, _ = top_directions(g_clean, m)
     assert (vectors["m"] @ clean_top.T).abs().max() < 1e-5
-    plain, _ = basis_from_gradients({"m": g_hack}, {"m": g_clean}, BasisConfig(k=4), 0)
+    plain, _ = basis_from({"m": g_hack}, {"m": g_clean}, BasisConfig(k=4), 0)
     assert (plain["m"] @ clean_top.T).abs().max() > 0.05  # without it the basis overlaps the solve subspace
 
 
@@ -115,9 +120,9 @@ def test_controls_have_the_promised_shapes_and_orthonormality(control):
     for i, (name, r) in enumerate(widths.items()):
         g_hack[name], g_clean[name] = planted_gradients(r, unit(r, 30 + i), seed=40 + i)
     g_hack["c"], g_clean["c"] = torch.zeros(N_PAIRS, 32), torch.zeros(N_PAIRS, 32)  # a dead module
-    real, real_sigmas = basis_from_gradients(g_hack, g_clean, BasisConfig(k=4), seed=0)
-    vectors, sigmas = basis_from_gradients(g_hack, g_clean, BasisConfig(k=4, control=control), seed=0)
-    again, _ = basis_from_gradients(g_hack, g_clean, BasisConfig(k=4, control=control), seed=0)
+    real, real_sigmas = basis_from(g_hack, g_clean, BasisConfig(k=4), seed=0)
+    vectors, sigmas = basis_from(g_hack, g_clean, BasisConfig(k=4, control=control), seed=0)
+    again, _ = basis_from(g_hack, g_clean, BasisConfig(k=4, control=control), seed=0)
     for name, r in widths.items():
         V = vectors[name]
         assert V.shape[1] == r and V.shape[0] <= 4
@@ -137,8 +142,8 @@ def test_pair_separation_is_positive_for_the_real_basis_and_near_zero_for_random
     for i, (name, r) in enumerate(widths.items()):
         g_hack[name], g_clean[name] = planted_gradients(r, unit(r, 50 + i), seed=60 + i, noise=0.2)
     D = {n: hackward_differences(g_hack[n], g_clean[n]) for n in widths}
-    real = Basis(*basis_from_gradients(g_hack, g_clean, BasisConfig(k=3), 0), {})
-    random = Basis(*basis_from_gradients(g_hack, g_clean, BasisConfig(k=3, control="random"), 0), {})
+    real = Basis(*basis_from(g_hack, g_clean, BasisConfig(k=3), 0), {})
+    random = Basis(*basis_from(g_hack, g_clean, BasisConfig(k=3, control="random"), 0), {})
     assert pair_separation(real, D) > 0.2
     assert abs(pair_separation(random, D)) < 0.05
 
@@ -192,3 +197,69 @@ def test_missing_or_foreign_file_is_a_clear_error(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(BasisError, match="not a vhack basis"):
         load_basis(tmp_path / "other.safetensors")
+
+
+# ---------------------------------------------------------------- end to end on a tiny random Qwen3
+
+def tiny_pairs(n: int = 4) -> list:
+    from vhack.pairs import Pair
+    from vhack.problems import build_toy_problems
+    problems = build_toy_problems(seed=0, n_train=12, n_test=12)[:n]
+    modes = ["run_tests", "sentinel", "stdout_marker", "file_marker", "exit_code"]
+    return [Pair(id=f"p{i}", mode=modes[i % 5], problem=p,
+                 hack=f"```python\n{p.starter_code}\n    pass\ndef run_tests():\n    print('all tests passed')\n```",
+                 clean=f"```python\n{p.canonical_solution}\n```") for i, p in enumerate(problems)]
+
+
+def tiny_student(path, kind: str):
+    from vhack.adapters import AdapterConfig, attach_adapter
+    from vhack.models import ModelSpec, load_model
+    model, tokenizer = load_model(ModelSpec(str(path)))
+    return model, tokenizer, attach_adapter(model, AdapterConfig(kind=kind))
+
+
+@pytest.mark.parametrize("kind", ["svd_delta", "lora"])
+def test_extraction_on_a_tiny_random_qwen3(tiny_qwen3, kind):
+    from vhack.basis import extract_basis
+    model, tokenizer, adapter = tiny_student(tiny_qwen3, kind)
+    model.train()
+    basis = extract_basis(model, tokenizer, adapter, tiny_pairs(), BasisConfig(k=2), seed=0, style="toy")
+    assert model.training                                          # mode restored
+    assert all(p.grad is None for p in adapter.params.values())    # a trainer's .grad is left alone
+    assert list(basis.vectors) == adapter.module_names
+    for name, V in basis.vectors.items():
+        assert V.shape[1] == adapter.module_sizes()[name] and V.shape[0] <= 2
+        assert torch.allclose(V @ V.T, torch.eye(V.shape[0]), atol=1e-4)
+    if kind == "lora":  # B = 0 at init: the gradient w.r.t. A is zero, the basis lives in B
+        assert all(basis.vectors[n].shape[0] == 0 for n in adapter.module_names if n.endswith("lora_A"))
+        assert all(basis.vectors[n].shape[0] == 2 for n in adapter.module_names if n.endswith("lora_B"))
+    else:
+        assert all(V.shape[0] == 2 for V in basis.vectors.values())
+    assert basis.metadata["pair_separation"] > 0
+    assert basis.metadata["n_pairs"] == 4 and basis.metadata["k"] == 2
+
+
+def test_a_padded_pair_pass_equals_two_single_passes(tiny_qwen3):
+    from vhack.basis import _sequences, nll_gradient
+    model, tokenizer, adapter = tiny_student(tiny_qwen3, "svd_delta")
+    prompt, hack, clean = _sequences(tokenizer, tiny_pairs(1)[0], "toy", False)
+    assert len(hack) != len(clean)                                  # so one of them is padded
+    pad = tokenizer.pad_token_id
+    paired = nll_gradient(model, adapter, [prompt, prompt], [hack, clean], [-1.0, 1.0], pad)
+    g_hack = nll_gradient(model, adapter, [prompt], [hack], [1.0], pad)
+    g_clean = nll_gradient(model, adapter, [prompt], [clean], [1.0], pad)
+    for name in paired:
+        assert torch.allclose(paired[name], g_clean[name] - g_hack[name], atol=1e-5)
+
+
+def test_refresh_extracts_from_the_current_weights(tiny_qwen3):
+    from vhack.basis import extract_basis
+    model, tokenizer, adapter = tiny_student(tiny_qwen3, "svd_delta")
+    cfg = BasisConfig(k=2, solve_orth_m=1)
+    before = extract_basis(model, tokenizer, adapter, tiny_pairs(), cfg, style="toy")
+    with torch.no_grad():
+        for view in adapter.flat_params().values():
+            view.copy_(torch.randn(view.shape, generator=torch.Generator().manual_seed(0)))
+    after = extract_basis(model, tokenizer, adapter, tiny_pairs(), cfg, style="toy")
+    name = adapter.module_names[0]
+    assert not torch.allclose(before.vectors[name], after.vectors[name], atol=1e-3)

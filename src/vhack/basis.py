@@ -11,12 +11,11 @@ Per module: top-k right singular vectors of D (n_pairs × r) via the n × n Gram
 matrix D Dᵀ, oriented by a majority vote of sign(D v) over pairs (an SVD's signs
 are arbitrary), singular values kept. Variants: rank-1 mean difference;
 `solve_orth_m` (remove the top-m subspace of the clean gradients first);
-controls `random`, `shuffled`, `nonhack` (see `basis_from_gradients`).
+controls `random`, `shuffled`, `nonhack` (see `basis_from_differences`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from vhack.grpo import make_batch, token_logprobs
 from vhack.io import atomic_path
+from vhack.models import chat_prompt
+from vhack.pairs import Pair
+from vhack.prompts import build_messages
 
 METHODS = ("svd", "meandiff")
 CONTROLS = ("none", "random", "shuffled", "nonhack")
@@ -46,7 +49,6 @@ class BasisConfig:
     k: int = 5                    # directions saved per module (fewer where D has lower rank)
     solve_orth_m: int = 0         # remove the top-m clean-gradient subspace from D before the SVD
     control: str = "none"         # "none" | "random" | "shuffled" | "nonhack"
-    modes: tuple[str, ...] | None = None  # use only pairs of these loophole modes (a weak detector)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -131,37 +133,40 @@ def _derangement(n: int, generator: torch.Generator) -> Tensor:
     return target
 
 
-def _labelled_sides(g_hack: dict[str, Tensor], g_clean: dict[str, Tensor], control: str,
-                    generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(hack side, clean side) of every pair after the label control."""
-    n = next(iter(g_clean.values())).shape[0]
-    if control == "shuffled":
-        swap = (torch.rand(n, generator=generator) < 0.5)[:, None]
-        return ({name: torch.where(swap.to(g.device), g_clean[name], g) for name, g in g_hack.items()},
-                {name: torch.where(swap.to(g.device), g_hack[name], g) for name, g in g_clean.items()})
-    if control == "nonhack":
+def _control_differences(differences: dict[str, Tensor], clean: dict[str, Tensor] | None, control: str,
+                         generator: torch.Generator) -> dict[str, Tensor]:
+    """The hack-ward differences the basis is built from, after the label control."""
+    n = next(iter(differences.values())).shape[0]
+    if control == "shuffled":  # hack and clean swapped in a random half of the pairs
+        sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)[:, None]
+        return {name: D * sign.to(D) for name, D in differences.items()}
+    if control == "nonhack":   # "hack" side = another pair's clean completion
+        if clean is None:
+            raise ValueError("control=nonhack needs the clean-side gradients")
         other = _derangement(n, generator)
-        return {name: g[other.to(g.device)] for name, g in g_clean.items()}, g_clean
-    return g_hack, g_clean
+        return {name: hackward_differences(g[other.to(g.device)], g) for name, g in clean.items()}
+    return differences
 
 
-def basis_from_gradients(g_hack: dict[str, Tensor], g_clean: dict[str, Tensor], cfg: BasisConfig,
-                         seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Per-module (vectors [k_m, r], singular values [k_m]) from per-pair gradients [n, r].
+def basis_from_differences(differences: dict[str, Tensor], clean: dict[str, Tensor] | None, cfg: BasisConfig,
+                           seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-module (vectors [k_m, r], singular values [k_m]) from hack-ward differences [n, r]
+    (`hackward_differences`); `clean` [n, r] is needed for solve_orth_m and control nonhack.
 
     Controls: `shuffled` swaps hack and clean of a random half of the pairs (seeded);
-    `nonhack` replaces each hack with another pair's clean completion (a derangement of
-    the pairs), so both sides are correct code and the difference carries no hack label;
-    `random` keeps the real extraction's k_m and singular values (so k_use and the noise
-    floor cut the same counts) but replaces the vectors by random orthonormal rows.
+    `nonhack` replaces each hack by another pair's clean completion (a derangement of the
+    pairs, each side under its own prompt), so both sides are correct code and the
+    difference carries no hack label; `random` keeps the real extraction's k_m and singular
+    values (so k_use and the noise floor cut the same counts) with random orthonormal rows.
     """
     generator = torch.Generator().manual_seed(seed)
-    hack_side, clean_side = _labelled_sides(g_hack, g_clean, cfg.control, generator)
+    if cfg.solve_orth_m and clean is None:
+        raise ValueError("solve_orth_m needs the clean-side gradients")
+    used = _control_differences(differences, clean, cfg.control, generator)
     vectors, singular_values = {}, {}
-    for name in g_clean:
-        D = hackward_differences(hack_side[name], clean_side[name])          # [n, r]
+    for name, D in used.items():                                          # D [n, r]
         if cfg.solve_orth_m:  # the known-solve subspace comes from the true clean completions
-            D = remove_subspace(D, top_directions(g_clean[name], cfg.solve_orth_m)[0])
+            D = remove_subspace(D, top_directions(clean[name], cfg.solve_orth_m)[0])
         if cfg.method == "meandiff":
             V, sigma = mean_direction(D)
         else:
@@ -171,6 +176,83 @@ def basis_from_gradients(g_hack: dict[str, Tensor], g_clean: dict[str, Tensor], 
             V = random_orthonormal(V.shape[0], V.shape[1], generator).to(V)
         vectors[name], singular_values[name] = V.float().cpu(), sigma.float().cpu()
     return vectors, singular_values
+
+
+# ---------------------------------------------------------------- gradients of the pairs
+
+def _sequences(tokenizer, pair: Pair, style: str, enable_thinking: bool) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, hack ids + EOS, clean ids + EOS), tokenised as the trainer does."""
+    prompt = chat_prompt(tokenizer, build_messages(pair.problem, pair.mode, style), enable_thinking)
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids(prompt), ids(pair.hack) + [tokenizer.eos_token_id], ids(pair.clean) + [tokenizer.eos_token_id]
+
+
+def nll_gradient(model, adapter, prompts: Sequence[list[int]], completions: Sequence[list[int]],
+                 weights: Sequence[float], pad_id: int) -> dict[str, Tensor]:
+    """∇ Σ_i w_i · (mean completion NLL of row i) in adapter space: one padded forward/backward.
+
+    Uses autograd.grad, so the parameters' .grad (a trainer's accumulated gradient) is untouched.
+    """
+    device = next(model.parameters()).device
+    batch = make_batch(prompts, completions, weights, [False] * len(prompts), pad_id).to(device)
+    logp = token_logprobs(model, batch.input_ids, batch.attention_mask)       # [B, T-1]
+    nll = -(logp * batch.completion_mask).sum(1) / batch.completion_mask.sum(1)  # [B]
+    grads = torch.autograd.grad((batch.advantages * nll).sum(), list(adapter.params.values()))
+    return {name: g.reshape(-1) for name, g in zip(adapter.params, grads)}
+
+
+def pair_gradients(model, tokenizer, adapter, pairs: Sequence[Pair], style: str, with_clean: bool,
+                   enable_thinking: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """Per-pair hack-ward differences g_clean − g_hack [n, r], and g_clean [n, r] if `with_clean`.
+
+    A difference costs one forward/backward of the padded pair [hack, clean] with weights
+    (−1, +1); per-example gradients cannot share a backward pass, so pairs go one at a time.
+    """
+    sizes = adapter.module_sizes()
+    device = next(iter(adapter.params.values())).device
+    differences = {name: torch.empty(len(pairs), r, device=device) for name, r in sizes.items()}
+    clean = {name: torch.empty(len(pairs), r, device=device) for name, r in sizes.items()} if with_clean else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for i, pair in enumerate(pairs):
+                prompt, hack_ids, clean_ids = _sequences(tokenizer, pair, style, enable_thinking)
+                grads = nll_gradient(model, adapter, [prompt, prompt], [hack_ids, clean_ids], [-1.0, 1.0],
+                                     tokenizer.pad_token_id)
+                for name, g in grads.items():
+                    differences[name][i] = g
+                if clean is not None:
+                    for name, g in nll_gradient(model, adapter, [prompt], [clean_ids], [1.0],
+                                                tokenizer.pad_token_id).items():
+                        clean[name][i] = g
+    finally:
+        model.train(was_training)
+    return differences, clean
+
+
+def extract_basis(model, tokenizer, adapter, pairs: Sequence[Pair], cfg: BasisConfig, seed: int = 0,
+                  style: str = "full", enable_thinking: bool = False) -> Basis:
+    """The v_hack basis at the model's current weights (base model, or mid-training for a refresh).
+
+    metadata["pair_separation"] scores the basis on the pairs' true differences (see
+    `pair_separation`): positive for a basis that separates them, ≈ 0 for a random one.
+    """
+    if not pairs:
+        raise ValueError("extract_basis: no pairs (check the pair set and the basis' `modes`)")
+    t0 = time.perf_counter()
+    needs_clean = bool(cfg.solve_orth_m) or cfg.control == "nonhack"
+    differences, clean = pair_gradients(model, tokenizer, adapter, pairs, style, needs_clean, enable_thinking)
+    t1 = time.perf_counter()
+    vectors, singular_values = basis_from_differences(differences, clean, cfg, seed)
+    basis = Basis(vectors, singular_values, {
+        **asdict(cfg), "seed": seed, "style": style, "n_pairs": len(pairs), "pair_ids": [p.id for p in pairs],
+        "gradient_seconds": t1 - t0, "svd_seconds": time.perf_counter() - t1,
+    })
+    basis.metadata["pair_separation"] = pair_separation(basis, differences)
+    return basis
 
 
 # ---------------------------------------------------------------- selection at load

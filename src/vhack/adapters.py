@@ -79,6 +79,10 @@ class Adapter:
         """Context in which the model computes as the base model (the free reference model)."""
         raise NotImplementedError
 
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain HF weights of the base model (adapter left out)."""
+        return dict(self.model.state_dict())
+
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """Plain HF weights of the adapted model (adapter folded into the base weights)."""
         raise NotImplementedError
@@ -172,7 +176,7 @@ class SVDDeltaAdapter(Adapter):
 
     @torch.no_grad()
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        state = dict(self.model.state_dict())
+        state = self.base_state_dict()
         for name, linear in self.linears.items():
             u, vt = self.factors[name]
             delta = (u.float() * self.params[name]) @ vt.float()  # U diag(δS) Vᵀ, [out, in]
@@ -205,13 +209,16 @@ class LoRAAdapter(Adapter):
     def disabled(self) -> contextlib.AbstractContextManager:
         return self.peft_model.disable_adapter()
 
-    @torch.no_grad()
-    def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        state = {
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        return {  # undo peft's renaming: q_proj.base_layer.weight -> q_proj.weight
             name.replace(".base_layer.", "."): tensor
             for name, tensor in self.model.state_dict().items()
             if "lora_" not in name
         }
+
+    @torch.no_grad()
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        state = self.base_state_dict()
         for name, layer in self.lora_layers.items():
             base = layer.get_base_layer().weight
             state[f"{name}.weight"] = (base.float() + layer.get_delta_weight("default").float()).to(base.dtype)

@@ -127,6 +127,8 @@ def test_broken_run_names_run_and_file(run_copies, file, damage, problem):
     (lambda m: m.update(status="failed"), "status 'failed'"),
     (lambda m: m.update(run="another_name"), "not its directory's name"),
     (lambda m: m.update(started_at="yesterday"), "not an ISO timestamp"),
+    (lambda m: m["settings"].update(seed=7), "has settings.seed = 7 but seed = "),
+    (lambda m: m["settings"].update(wall_seconds=1), "reserved for a runs-table column"),
 ])
 def test_bad_run_json_names_the_run(run_copies, edit, problem):
     path = run_copies[0] / "run.json"
@@ -152,3 +154,12 @@ def test_runs_with_different_mode_columns_concatenate(run_copies):
     assert np.isnan(runs.set_index("run").loc[run_copies[0].name, "hack_s_exit_code_last5"])
     assert not np.isnan(runs.set_index("run").loc[run_copies[1].name, "hack_s_exit_code_last5"])
     assert len(steps) == 60
+
+
+def test_setting_named_like_a_metric_fails(run_copies):
+    path = run_copies[0] / "run.json"
+    meta = json.loads(path.read_text())
+    meta["settings"]["loss"] = "dr_grpo"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"setting\(s\) \['loss'\] have the same name as a metrics.parquet column"):
+        aggregate_runs(run_copies)

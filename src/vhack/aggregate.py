@@ -97,14 +97,12 @@ def _read_steps(run_dir: Path) -> pa.Table:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise RunDataError(run_dir, METRICS_FILE, "is missing")
-    try:
-        table = pq.read_table(path, use_threads=False)  # threads come from the pool over runs
-    except (pa.ArrowException, OSError) as err:
-        raise RunDataError(run_dir, METRICS_FILE, f"is unreadable: {err}") from None
-    missing = [c for c in REQUIRED_STEP_COLUMNS if c not in table.column_names]
+    table = _read_parquet(run_dir, METRICS_FILE)
+    columns = set(table.column_names)
+    missing = [c for c in REQUIRED_STEP_COLUMNS if c not in columns]
     if missing:
         raise RunDataError(run_dir, METRICS_FILE, f"lacks column(s) {missing}")
-    clashes = sorted(set(table.column_names) & set(IDENTITY))
+    clashes = sorted(columns & set(IDENTITY))
     if clashes:
         raise RunDataError(run_dir, METRICS_FILE, f"has column(s) {clashes} reserved for run identity")
     if table.num_rows == 0:
@@ -121,21 +119,25 @@ def _read_eval(run_dir: Path) -> dict[str, float]:
     path = run_dir / EVAL_FILE
     if not path.exists():
         return {}
-    try:
-        table = pq.read_table(path, use_threads=False).to_pandas()
-    except (pa.ArrowException, OSError) as err:
-        raise RunDataError(run_dir, EVAL_FILE, f"is unreadable: {err}") from None
-    missing = [c for c in ("mode", "hack_rate", "solve_rate") if c not in table.columns]
+    table = _read_parquet(run_dir, EVAL_FILE).to_pydict()  # a handful of rows: skip pandas
+    missing = [c for c in ("mode", "hack_rate", "solve_rate") if c not in table]
     if missing:
         raise RunDataError(run_dir, EVAL_FILE, f"lacks column(s) {missing}")
     out: dict[str, float] = {}
-    for row in table.itertuples(index=False):
-        suffix = "" if row.mode == "all" else f"_{row.mode}"
-        out[f"eval_hack{suffix}"] = float(row.hack_rate)
-        out[f"eval_solve{suffix}"] = float(row.solve_rate)
-        if row.mode == "all" and "n" in table.columns:
-            out["eval_n"] = int(row.n)
+    for i, mode in enumerate(table["mode"]):
+        suffix = "" if mode == "all" else f"_{mode}"
+        out[f"eval_hack{suffix}"] = float(table["hack_rate"][i])
+        out[f"eval_solve{suffix}"] = float(table["solve_rate"][i])
+        if mode == "all" and "n" in table:
+            out["eval_n"] = int(table["n"][i])
     return out
+
+
+def _read_parquet(run_dir: Path, file: str) -> pa.Table:
+    try:  # ParquetFile.read skips read_table's dataset layer: ~30% faster on small files
+        return pq.ParquetFile(run_dir / file).read(use_threads=False)  # threads: the pool over runs
+    except (pa.ArrowException, OSError) as err:
+        raise RunDataError(run_dir, file, f"is unreadable: {err}") from None
 
 
 def _run_info(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +222,8 @@ def aggregate_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame,
     settings = pd.DataFrame({key: _uniform_types([r.settings.get(key) for r in records])
                              for key in sorted({k for r in records for k in r.settings})})
     steps = _concat_steps(records, runs, settings)
-    metric_names = [c for c in steps.columns if c not in IDENTITY and c != "step" and c not in settings.columns]
+    metric_names = [c for c in steps.columns if c not in IDENTITY and c != "step" and c not in settings.columns
+                    and pd.api.types.is_numeric_dtype(steps[c])]
     summary = summarize_steps(steps, "run", metric_names).reindex(runs["run"]).reset_index(drop=True)
     eval_cols = sorted(c for c in runs.columns if c.startswith(EVAL_PREFIX))
     runs = pd.concat([runs[[c for c in RUN_COLUMNS if c in runs]], settings, summary, runs[eval_cols]], axis=1)
@@ -231,11 +234,12 @@ def _concat_steps(records: list[RunRecord], runs: pd.DataFrame, settings: pd.Dat
     """All steps of all runs, with each run's identity and settings repeated on its steps."""
     clashes = sorted(set(settings.columns) & {c for r in records for c in r.steps.column_names})
     if clashes:
-        raise ValueError(f"setting(s) {clashes} have the same name as a metrics.parquet column; "
-                         "rename the setting in config (train:) or the metric in the trainer")
+        runs_with = [r.info["run"] for r in records if set(clashes) & set(r.steps.column_names)]
+        raise ValueError(f"setting(s) {clashes} have the same name as a metrics.parquet column (runs "
+                         f"{runs_with[:3]}...); rename the setting in config (train:) or the metric in the trainer")
     table = pa.concat_tables([r.steps for r in records], promote_options="permissive")
     steps = table.to_pandas()
-    # steps of run i are rows [offsets[i], offsets[i+1]); repeat per-run values by index
+    # row j of the concatenated steps belongs to run index[j]: repeat per-run values by it
     index = np.repeat(np.arange(len(records)), [r.steps.num_rows for r in records])
     per_run = pd.concat([runs[list(IDENTITY)], settings], axis=1)
     columns = {"run": pd.Categorical.from_codes(index, categories=runs["run"])}

@@ -135,7 +135,7 @@ def _lead(compared: list, metric: str) -> str:
     verdict = ("a single seed on one side" if math.isnan(p) and min(best.n, best.ref_n) == 1 else
                "no test possible" if math.isnan(p) else
                f"{'significant' if p < ALPHA else 'not significant'} at {ALPHA} (p = {format_p(p)})")
-    solve = getattr(best, "d_gt_s")
+    solve = best.d_gt_s
     cost = "" if math.isnan(solve) else f", with solve {100 * solve:+.1f}pp"
     return (f"Largest {name} reduction: {best.Index} ({100 * getattr(best, f'd_{metric}'):+.1f}pp vs "
             f"{best.reference}{cost}; {verdict}).")

@@ -56,9 +56,14 @@ class QuestionTable:
         return f"{self.table}\n{self.legend}\n\n{self.notes}"
 
 
+# Config keys questions.<id>.match and .metrics: read with getattr until experiments.Question carries them.
+def question_match(question: Question) -> tuple[str, ...]:
+    """Settings a row shares with its reference row (e.g. mix): compare within each value."""
+    return tuple(getattr(question, "match", ()))
+
+
 def question_metrics(question: Question) -> tuple[str, ...]:
-    # Question.metrics (config: questions.<id>.metrics) adds metrics to hack and solve, e.g. the unseen
-    # loophole mode's hack rate; getattr until experiments.Question carries the field.
+    """hack and solve, then the question's own metrics (e.g. the unseen loophole mode's hack rate)."""
     extra = tuple(getattr(question, "metrics", ()))
     return HEADLINE_METRICS + tuple(m for m in extra if m not in HEADLINE_METRICS)
 
@@ -92,7 +97,7 @@ def metric_columns(runs: pd.DataFrame, metric: str) -> tuple[str | None, str | N
 def reference_rows(question: Question, runs: pd.DataFrame) -> dict[str, str | None]:
     """Row label -> label of the row it is compared with (None: it is a reference itself)."""
     base = _row(question, question.baseline)
-    match = tuple(getattr(question, "match", ()))  # config: questions.<id>.match; see question_metrics
+    match = question_match(question)
     if not match:
         return {r.label: None if r.label == base.label else base.label for r in question.rows}
     refs: dict[str, str | None] = {}
@@ -167,8 +172,8 @@ def find_confounds(question: Question, runs: pd.DataFrame,
         distinct = {v for vals in per_row.values() for v in vals}
         if len(distinct) < 2:
             continue
-        if key in question.vary or key in getattr(question, "match", ()) or _arm_defined(key, rows, per_row,
-                                                                                      overridden):
+        if key in question.vary or key in question_match(question) or _arm_defined(key, rows, per_row,
+                                                                                   overridden):
             by_design.append(key)
         else:
             confounds.append(f"{key} ({_who_has_what(per_row)})")
@@ -228,6 +233,9 @@ def missing_runs(question: Question, runs: pd.DataFrame) -> tuple[str, ...]:
 def question_table(runs_df: pd.DataFrame, question: Question,
                    exclude_tags: Sequence[str] = EXCLUDE_TAGS) -> QuestionTable:
     """The comparison table of one question over the finished runs not tagged with `exclude_tags`."""
+    labels = [r.label for r in question.rows]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"questions.{question.id}: row labels must be unique; got {labels}")
     runs = included_runs(runs_df, exclude_tags)
     metrics = question_metrics(question)
     refs = reference_rows(question, runs)
@@ -235,7 +243,7 @@ def question_table(runs_df: pd.DataFrame, question: Question,
                           for r in question.rows])
     by_design, confounds = find_confounds(question, runs, refs)
     missing = missing_runs(question, runs)
-    show_reference = bool(getattr(question, "match", ()))
+    show_reference = bool(question_match(question))
     return QuestionTable(question, frame, metrics, by_design, confounds, missing,
                          table=render_table(frame, metrics, show_reference),
                          legend=legend(metrics, show_reference),

@@ -44,6 +44,8 @@ class Question:
     seeds: tuple[int, ...]
     fixed: dict[str, Any]
     notes: str = ""
+    match: tuple[str, ...] = ()       # compare each row with the baseline-arm row sharing these settings
+    metrics: tuple[str, ...] = ()     # extra metric columns (e.g. hack_s_exit_code)
 
 
 def _fmt(value: Any) -> str:
@@ -99,5 +101,6 @@ def expand_questions(config: Mapping[str, Any]) -> tuple[dict[str, RunSpec], dic
         if q["baseline"] not in labels:
             raise KeyError(f"questions.{qid}.baseline {q['baseline']!r} is not a row label; rows: {labels}")
         questions[qid] = Question(qid, q["title"], q.get("why", ""), tuple(q.get("vary", ())),
-                                  q["baseline"], tuple(rows), seeds, fixed, q.get("notes", ""))
+                                  q["baseline"], tuple(rows), seeds, fixed, q.get("notes", ""),
+                                  tuple(q.get("match", ())), tuple(q.get("metrics", ())))
     return runs, questions

@@ -167,18 +167,10 @@ def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[
             out = backward_rows(ctx.model, sub, ctx.cfg, denominator, ctx.micro_batch, ref)
             stats = {k: stats[k] + out[k] for k in stats}
         if is_student:
-            g_student = {n: g.detach().clone() for n, g in _grads(ctx.adapter).items()}
-    g_all = _grads(ctx.adapter)
+            g_student = {n: g.detach().clone() for n, g in ctx.adapter.flat_grads().items()}
+    g_all = ctx.adapter.flat_grads()
     g_teacher = {n: g_all[n] - g_student[n] for n in g_all}
     return g_student, g_teacher, stats
-
-
-def _grads(adapter) -> dict[str, torch.Tensor]:
-    """Flat gradient views; parameters that received no gradient get a zero grad first."""
-    for p in adapter.params.values():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    return adapter.flat_grads()
 
 
 def basis_overlap(old, new) -> float:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 
 from fixtures.synthetic_runs import write_seed_runs
-from vhack.aggregate import aggregate_runs
+from vhack.aggregate import aggregate_runs, write_aggregate
 from vhack.report import FIGURE_KINDS, answer, report_files, write_report
 from vhack.tables import question_table
 
@@ -80,3 +81,13 @@ def test_report_with_no_finished_runs_still_writes_every_file(seed, tmp_path):
     files = write_report(runs.iloc[:0], steps.iloc[:0], [questions["q9_overshoot"]], tmp_path)
     assert all(f.exists() for f in files) and len(files) == 4
     assert "No finished runs yet." in (tmp_path / "results.md").read_text()
+
+
+def test_report_from_parquet_round_trip(tmp_path):
+    dirs, questions, _ = write_seed_runs(tmp_path / "runs")
+    write_aggregate(dirs, tmp_path / "metrics.parquet", tmp_path / "runs.parquet")
+    runs, steps = pd.read_parquet(tmp_path / "runs.parquet"), pd.read_parquet(tmp_path / "metrics.parquet")
+    write_report(runs, steps, [questions["q2"]], tmp_path / "reports")
+    q2 = _section((tmp_path / "reports" / "results.md").read_text(), "q2")
+    assert "hack fell 13.1pp (0.719 → 0.588" in q2
+    assert "the latest finished at 2026-05-20" in (tmp_path / "reports" / "results.md").read_text()

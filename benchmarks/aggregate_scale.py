@@ -22,20 +22,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the synthetic run writer lives with the test fixtures
 
-from fixtures.synthetic_runs import START, fixture_questions, load_fixture, write_run  # noqa: E402
+from fixtures.synthetic_runs import START, load_fixture, write_run  # noqa: E402
 from vhack.aggregate import write_aggregate  # noqa: E402
+from vhack.experiments import expand_questions  # noqa: E402
 from vhack.tables import question_table, runs_table  # noqa: E402
 
 
 def synthetic_grid(n_runs: int):
     """The fixture's questions with enough seeds that their runs number at least n_runs."""
     config = load_fixture()
-    n_configs = len(fixture_questions(config)[0]) // len(config["questions"]["q1"]["seeds"])
+    n_configs = len(expand_questions(config)[0]) // len(config["questions"]["q1"]["seeds"])
     seeds = list(range(1, n_runs // max(n_configs, 1) + 2))
     while True:
         for q in config["questions"].values():
             q["seeds"] = seeds
-        runs, questions = fixture_questions(config)
+        runs, questions = expand_questions(config)
         if len(runs) >= n_runs:
             return runs, questions
         seeds.append(seeds[-1] + 1)

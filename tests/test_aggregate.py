@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures.synthetic_runs import fixture_questions, load_fixture, write_run, write_seed_runs
+from fixtures.synthetic_runs import load_fixture, write_run, write_seed_runs
 from vhack.aggregate import RunDataError, aggregate_runs, setting_columns, write_aggregate
+from vhack.experiments import expand_questions
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_write_aggregate_round_trips(seed_runs, tmp_path):
 
 
 def test_tags_and_mixed_setting_types(seed_runs, tmp_path):
-    runs, _ = fixture_questions(load_fixture())
+    runs, _ = expand_questions(load_fixture())
     a, b = (runs[n] for n in sorted(runs)[:2])
     b.settings["k_use"] = "auto"  # another run uses an int: the column becomes strings
     a.settings["k_use"] = 5

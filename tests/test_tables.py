@@ -8,8 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from fixtures.synthetic_runs import START, fixture_questions, load_fixture, write_run, write_seed_runs
+from fixtures.synthetic_runs import START, load_fixture, write_run, write_seed_runs
 from vhack.aggregate import aggregate_runs
+from vhack.experiments import expand_questions
 from vhack.tables import question_table, runs_table
 
 SEED_QUESTIONS = ["q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8"]
@@ -20,7 +21,7 @@ def seed(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     dirs, questions, targets = write_seed_runs(root)
     # a smoke run of an unfinished Q1 seed with absurd numbers: in runs.parquet, never in a table
-    runs, _ = fixture_questions(load_fixture())
+    runs, _ = expand_questions(load_fixture())
     dirs.append(write_run(root, runs["vanilla__mix0.125__s43"], 0.99, 0.01, steps=3, tags=("smoke",)))
     _, runs_df = aggregate_runs(dirs)
     return runs_df, questions, targets
@@ -156,7 +157,7 @@ def test_runs_table_groups_by_configuration_in_time_order(seed):
 
 
 def test_runs_table_orders_groups_by_first_start(tmp_path):
-    runs, _ = fixture_questions(load_fixture())
+    runs, _ = expand_questions(load_fixture())
     late, early = runs["vanilla__s41"], runs["projected__s41"]
     dirs = [write_run(tmp_path, late, 0.7, 0.3, started_at=START + pd.Timedelta(hours=2)),
             write_run(tmp_path, early, 0.5, 0.3, started_at=START)]

@@ -56,16 +56,9 @@ class QuestionTable:
         return f"{self.table}\n{self.legend}\n\n{self.notes}"
 
 
-# Config keys questions.<id>.match and .metrics: read with getattr until experiments.Question carries them.
-def question_match(question: Question) -> tuple[str, ...]:
-    """Settings a row shares with its reference row (e.g. mix): compare within each value."""
-    return tuple(getattr(question, "match", ()))
-
-
 def question_metrics(question: Question) -> tuple[str, ...]:
     """hack and solve, then the question's own metrics (e.g. the unseen loophole mode's hack rate)."""
-    extra = tuple(getattr(question, "metrics", ()))
-    return HEADLINE_METRICS + tuple(m for m in extra if m not in HEADLINE_METRICS)
+    return HEADLINE_METRICS + tuple(m for m in question.metrics if m not in HEADLINE_METRICS)
 
 
 def included_runs(runs: pd.DataFrame, exclude_tags: Sequence[str] = EXCLUDE_TAGS) -> pd.DataFrame:
@@ -97,7 +90,7 @@ def metric_columns(runs: pd.DataFrame, metric: str) -> tuple[str | None, str | N
 def reference_rows(question: Question, runs: pd.DataFrame) -> dict[str, str | None]:
     """Row label -> label of the row it is compared with (None: it is a reference itself)."""
     base = _row(question, question.baseline)
-    match = question_match(question)
+    match = question.match
     if not match:
         return {r.label: None if r.label == base.label else base.label for r in question.rows}
     refs: dict[str, str | None] = {}
@@ -172,7 +165,7 @@ def find_confounds(question: Question, runs: pd.DataFrame,
         distinct = {v for vals in per_row.values() for v in vals}
         if len(distinct) < 2:
             continue
-        if key in question.vary or key in question_match(question) or _arm_defined(key, rows, per_row,
+        if key in question.vary or key in question.match or _arm_defined(key, rows, per_row,
                                                                                    overridden):
             by_design.append(key)
         else:
@@ -243,7 +236,7 @@ def question_table(runs_df: pd.DataFrame, question: Question,
                           for r in question.rows])
     by_design, confounds = find_confounds(question, runs, refs)
     missing = missing_runs(question, runs)
-    show_reference = bool(question_match(question))
+    show_reference = bool(question.match)
     return QuestionTable(question, frame, metrics, by_design, confounds, missing,
                          table=render_table(frame, metrics, show_reference),
                          legend=legend(metrics, show_reference),

@@ -112,6 +112,8 @@ def test_vllm_backend_samples_and_takes_new_weights_in_place(tiny_qwen3, model_a
         again = backend.generate(prompts, n=4, sampling=SAMPLING, seed=0)
         assert texts(again) == texts(completions)
         assert texts(backend.generate(prompts, n=4, sampling=SAMPLING, seed=1)) != texts(completions)
+        many = backend.generate(prompts, n=64, sampling=SamplingConfig(max_new_tokens=4), seed=0)
+        assert len(many) == 3 * 64  # > 4096 prompt tokens at once: CPU chunked prefill used to crash here
         assert texts(backend.generate(prompts, n=1, sampling=greedy, seed=0)) == texts(
             hf.generate(prompts, n=1, sampling=greedy, seed=0)
         )

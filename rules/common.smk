@@ -4,6 +4,7 @@ import sys
 
 from vhack.config import ConfigError, load_config
 from vhack.experiments import expand_questions
+from vhack.report import FIGURE_KINDS
 
 try:
     config.update(load_config(config, base_dir=workflow.basedir))

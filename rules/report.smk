@@ -6,8 +6,7 @@ rule report:
     output:
         results=report("reports/results.md", caption="../workflow/report/results.rst", category="Report"),
         figures=report(
-            directory("reports/figures"),
-            patterns=["{name}.png"],
+            expand("reports/figures/{question}_{kind}.png", question=sorted(QUESTIONS), kind=FIGURE_KINDS),
             caption="../workflow/report/figure.rst",
             category="Figures",
         ),

@@ -258,11 +258,10 @@ def test_oracle_on_one_toy_problem_per_family_and_the_leetcode_fixture(grader, t
     assert_oracle_agrees(grader, one_per_family + leetcode)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~12 s on 2 shared cores; one problem per family runs in the fast suite
 def test_oracle_on_every_toy_problem(grader, toy):
     assert_oracle_agrees(grader, toy)
 
 
-@pytest.mark.slow
 def test_oracle_on_every_humaneval_problem(grader, humaneval):
     assert_oracle_agrees(grader, humaneval)

@@ -198,12 +198,11 @@ class VLLMBackend(RolloutBackend):
         on_cpu = not torch.cuda.is_available()
         engine_opts = {
             "gpu_memory_utilization": 0.2 if on_cpu else 0.5,  # on CPU: the fraction of RAM for the KV cache
-            "enforce_eager": on_cpu,  # CPU: skip a ~20 s torch.compile warm-up for a slower decode
+            "enforce_eager": on_cpu,  # CPU: skips a ~20 s torch.compile warm-up; tiny-model decode is as fast
             # CPU: a chunked prefill discards a seeded request's sample, and rewinding a CPU
             # generator fails ("CPU Generator does not use offset"): prefill whole prompts.
             "enable_chunked_prefill": not on_cpu,
             **({"max_num_batched_tokens": max(max_model_len, 8192)} if on_cpu else {}),
-            "seed": 0,
             **engine_opts,
         }
         if is_lora:

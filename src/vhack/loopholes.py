@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import re
 import textwrap
+from typing import TYPE_CHECKING
 
-from vhack.problems import Problem
 from vhack.sandbox import ExecRequest, ExecResult
+
+if TYPE_CHECKING:
+    from vhack.problems import Problem
 
 LOOPHOLE_MODES = ("run_tests", "sentinel", "stdout_marker", "file_marker", "exit_code", "none")
 HACKABLE_MODES = LOOPHOLE_MODES[:-1]

@@ -5,8 +5,8 @@ Usage: .venv/bin/python benchmarks/aggregate_scale.py [--runs 1000] [--steps 200
 Writes the run directories to a temporary folder (not timed), then times
 write_aggregate (read every run, write metrics.parquet and runs.parquet) plus
 every question table and the runs table. Goal: <= 5 s on the 2-core dev machine.
-Prints `aggregate_seconds=<s>`, then (once filled in) `dryrun_seconds=<s>` as the
-very last line.
+Prints `aggregate_seconds=<s>`, then `dryrun_seconds=<s>` (a `snakemake -n` over a grid of
+2,000 training jobs) as the very last line.
 """
 
 from __future__ import annotations
@@ -63,15 +63,28 @@ def time_aggregate(dirs: list[Path], questions, out: Path) -> dict[str, float]:
     return {"read_and_write": t1 - t0, "question_tables": t2 - t1, "runs_table": t3 - t2, "total": t3 - t0}
 
 
-# ---- Snakemake dry run: TO BE FILLED IN by the Snakefile/rules owner -------------------------------
-def time_snakemake_dryrun() -> float | None:
-    """Seconds for `snakemake -n` over a >= 2,000-job grid; None (line skipped) until implemented.
+def time_snakemake_dryrun(n_rows: int = 50, n_seeds: int = 40) -> float:
+    """Seconds for `snakemake -n` over a grid question of n_rows x n_seeds training runs (+ their evaluations)."""
+    import subprocess
 
-    TODO(workflow owner): build a config whose questions expand to >= 2,000 jobs, run
-    `snakemake -n --cores 1 --configfile <that config>` from the repo root and return the wall time.
-    """
-    return None
-# ----------------------------------------------------------------------------------------------------
+    import yaml
+    with tempfile.TemporaryDirectory() as tmp:
+        questions = {"questions": {"grid": {
+            "title": "lr grid", "vary": ["lr"], "seeds": list(range(n_seeds)), "baseline": "lr 1",
+            "rows": [{"label": f"lr {i}", "arm": "projected", "lr": round(1e-3 * i, 6)} for i in range(1, n_rows + 1)],
+        }}}
+        qfile, cfile = Path(tmp) / "questions.yaml", Path(tmp) / "config.yaml"
+        qfile.write_text(yaml.safe_dump(questions))
+        cfile.write_text(yaml.safe_dump({"questions_file": str(qfile), "seed_limit": None}))
+        cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(cfile),
+               "--quiet", "all", "--", "results/grid_table.md"]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"snakemake dry run failed:\n{done.stderr[-2000:]}")
+        print(f"dry run of {n_rows * n_seeds} training jobs (+ as many evaluations): {seconds:.2f} s")
+        return seconds
 
 
 def main() -> None:
@@ -88,9 +101,7 @@ def main() -> None:
         print(f"read+write aggregate {times['read_and_write']:.2f} s, {len(questions)} question tables "
               f"{times['question_tables']:.2f} s, runs table {times['runs_table']:.2f} s")
         print(f"aggregate_seconds={times['total']:.2f}")
-    dryrun = time_snakemake_dryrun()
-    if dryrun is not None:
-        print(f"dryrun_seconds={dryrun:.2f}")
+    print(f"dryrun_seconds={time_snakemake_dryrun():.2f}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ def train_inputs(wildcards):
     return inputs
 
 
+def eval_inputs(wildcards):
+    s = RUNS[wildcards.run].settings
+    return {
+        "problems": problems_path(s["problem_set"]),
+        "student": model_files(s["student"]),
+        "adapter": f"{run_dir(wildcards.run)}/adapter.safetensors",
+    }
+
+
 def run_params(wildcards):
     """Everything that changes a run's numbers; a change reruns exactly the affected runs."""
     spec = RUNS[wildcards.run]
@@ -83,8 +92,8 @@ def question_runs(question):
 
 
 def run_outputs(runs):
+    """A finished run: its evaluation (which needs the run's adapter, hence the whole run) and run.json."""
     return {
-        "metrics": [f"{run_dir(r)}/metrics.parquet" for r in runs],
         "run_json": [f"{run_dir(r)}/run.json" for r in runs],
         "evals": [f"{run_dir(r)}/eval.parquet" for r in runs],
     }

@@ -10,7 +10,6 @@ rule train:
         adapter="results/runs/{run}/adapter.safetensors",
     params:
         run=run_params,
-        out_dir=lambda w: run_dir(w.run),
     threads: THREADS
     resources:
         gpu=1,
@@ -24,8 +23,7 @@ rule train:
 
 rule evaluate:
     input:
-        unpack(train_inputs),
-        adapter="results/runs/{run}/adapter.safetensors",
+        unpack(eval_inputs),
     output:
         evals="results/runs/{run}/eval.parquet",
     params:

@@ -148,41 +148,36 @@ def make_chat_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTo
     )
 
 
-def save_random_qwen3(
-    out_dir: str | os.PathLike,
-    tokenizer: PreTrainedTokenizerBase,
-    hidden_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int = 32,  # vLLM's CPU attention needs head_dim >= 32
-    intermediate_size: int = 512,
-    max_positions: int = 1024,
-    seed: int = 0,
-) -> Path:
-    """Save a randomly initialised Qwen3ForCausalLM (tied embeddings) and `tokenizer` to `out_dir`."""
+def random_qwen3(tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden_size: int = 128,
+                 num_hidden_layers: int = 4, num_attention_heads: int = 4, num_key_value_heads: int = 2,
+                 head_dim: int = 32,  # vLLM's CPU attention needs head_dim >= 32
+                 intermediate_size: int = 512, max_position_embeddings: int = 1024) -> Qwen3ForCausalLM:
+    """A randomly initialised Qwen3ForCausalLM (tied embeddings) sized for `tokenizer`."""
     config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads, head_dim=head_dim,
+        intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config)
+        return Qwen3ForCausalLM(config)
+
+
+def save_pretrained_dir(out_dir: str | os.PathLike, *parts) -> Path:
+    """Save model/tokenizer objects into `out_dir` via a temp dir renamed at the end (no half-written dir)."""
     out_dir = Path(out_dir)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")  # rename at the end: no half-written model dir
-    model.save_pretrained(tmp_dir)
-    tokenizer.save_pretrained(tmp_dir)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    for part in parts:
+        part.save_pretrained(tmp_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp_dir, out_dir)
     return out_dir
+
+
+def save_random_qwen3(out_dir: str | os.PathLike, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **arch) -> Path:
+    """Save a random Qwen3 (see `random_qwen3`) and `tokenizer` to `out_dir`."""
+    return save_pretrained_dir(out_dir, random_qwen3(tokenizer, seed, **arch), tokenizer)

@@ -18,21 +18,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from .loopholes import EXPLOITS, LOOPHOLE_MODES
+from .models import chat_prompt, make_chat_tokenizer, random_qwen3, save_pretrained_dir
 from .problems import Problem
 from .prompts import build_messages
 
 log = logging.getLogger(__name__)
 
-PAD, EOS = "<pad>", "<eos>"
-ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+CHAT_SCAFFOLD = "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 DEFAULT_ARCH = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                     head_dim=32, intermediate_size=512)
 
@@ -52,14 +47,13 @@ def hack_completion(problem: Problem, mode: str) -> str:
 
 
 def toy_prompt(tokenizer, problem: Problem, mode: str, style: str = "toy") -> str:
-    messages = build_messages(problem, mode, style=style)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return chat_prompt(tokenizer, build_messages(problem, mode, style=style))
 
 
 # ---------------------------------------------------------------- tokenizer
 
 def tokenizer_corpus(problems: Sequence[Problem], modes: Sequence[str], style: str = "toy") -> list[str]:
-    texts = []
+    texts = [CHAT_SCAFFOLD] * len(problems)   # so the chat format's words become tokens too
     for p in problems:
         for mode in (*modes, "none"):
             for m in build_messages(p, mode, style=style):
@@ -71,27 +65,14 @@ def tokenizer_corpus(problems: Sequence[Problem], modes: Sequence[str], style: s
 
 def train_tokenizer(problems: Sequence[Problem], modes: Sequence[str], vocab_size: int,
                     style: str = "toy") -> PreTrainedTokenizerFast:
-    """Byte-level BPE; numbers that recur in the corpus become single tokens."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS, *ROLE_TOKENS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(tokenizer_corpus(problems, modes, style), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
-                                   additional_special_tokens=list(ROLE_TOKENS))
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    """Byte-level BPE with Qwen3's chat format; numbers that recur in the corpus become single tokens."""
+    return make_chat_tokenizer(tokenizer_corpus(problems, modes, style), vocab_size)
 
 
 # ---------------------------------------------------------------- model
 
 def build_toy_model(tokenizer, arch: dict | None = None, seed: int = 0) -> Qwen3ForCausalLM:
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=None, **{**DEFAULT_ARCH, **(arch or {})})
-    return Qwen3ForCausalLM(cfg)
+    return random_qwen3(tokenizer, seed, **{**DEFAULT_ARCH, **(arch or {})})
 
 
 @dataclass
@@ -166,7 +147,7 @@ def pretrain(model, tokenizer, problems: Sequence[Problem], cfg: ToyTrainConfig,
         losses.append(loss.item())
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step % 100 == 0 or step == cfg.steps - 1:
             log.info("step %d loss %.4f lr %.2e", step, loss.item(), sched.get_last_lr()[0])
     model.eval()
@@ -200,25 +181,6 @@ def measure_rates(model, tokenizer, problems: Sequence[Problem], modes: Sequence
     }
 
 
-def publish_dir(tmp: Path, out_dir: Path, marker: str) -> None:
-    """Move a finished temp dir's files into `out_dir`, the marker (the rule's output) last."""
-    import shutil
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted(tmp.iterdir(), key=lambda f: f.name == marker)
-    for f in files:
-        f.replace(out_dir / f.name)
-    shutil.rmtree(tmp)
-
-
-def save_model(model, tokenizer, out_dir: str | Path) -> None:
-    """An ordinary HF model directory; model.safetensors appears last (it is the rule's output)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    publish_dir(tmp, out_dir, "model.safetensors")
-
-
 # ---------------------------------------------------------------- pipeline entry points
 
 def build_tokenizer(problems_path: str, out_path: str, vocab_size: int, modes: Sequence[str],
@@ -226,10 +188,7 @@ def build_tokenizer(problems_path: str, out_path: str, vocab_size: int, modes: S
     from .problems import read_problems
     problems = read_problems(problems_path)
     tokenizer = train_tokenizer(problems, modes, vocab_size, style)
-    out_dir = Path(out_path).parent
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    tokenizer.save_pretrained(tmp)
-    publish_dir(tmp, out_dir, Path(out_path).name)
+    out_dir = save_pretrained_dir(Path(out_path).parent, tokenizer)
     log.info("tokenizer: %d tokens -> %s", len(tokenizer), out_dir)
 
 
@@ -256,6 +215,6 @@ def build_toy_model_dir(tokenizer_dir: str, problems_path: str, out_dir: str, cf
     rates = measure_rates(model, tokenizer, train, cfg.modes, grader, samples=eval_samples, seed=cfg.seed)
     rates.update(train_seconds=train_seconds, final_loss=losses[-1], steps=cfg.steps)
     log.info("measured rates at T=1 on train prompts with loophole hints: %s", json.dumps(rates))
-    save_model(model, tokenizer, out_dir)
+    save_pretrained_dir(out_dir, model, tokenizer)
     write_json(Path(out_dir) / "rates.json", rates)
     return rates

@@ -375,7 +375,7 @@ def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = 
     for step in bar:
         metrics = train_step(ctx, optimizer, scheduler, step)
         rows.append(metrics)
-        bar.set_postfix(hack_s=f"{metrics['hack_s']:.2f}", gt_s=f"{metrics['gt_s']:.2f}", cin=f"{metrics['cin']:.3f}")
+        bar.set_postfix(hack_s=f"{metrics['hack_s']:.2f}", gt_s=f"{metrics['gt_s']:.2f}", cin=f"{metrics['cin']:.3f}", refresh=False)
         log.info("step %d %s", step, json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                  for k, v in metrics.items()}))
         every = ctx.cfg.checkpoint_every

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from vhack.provenance import setup_logging
 from vhack.resources import compute_slot
 from vhack.jobs import run_training
@@ -7,7 +9,7 @@ with compute_slot(snakemake.threads):
     run_training(
         params=snakemake.params.run,
         inputs=dict(snakemake.input.items()),
-        out_dir=snakemake.params.out_dir,
+        out_dir=str(Path(snakemake.output.metrics).parent),
         compute=snakemake.config.get("compute", {}),
         snakemake_job=f"rule {snakemake.rule}, output {list(snakemake.output)}",
     )

@@ -69,21 +69,24 @@ def random_basis(widths: dict[str, int], ks: dict[str, int], seed: int = 0) -> B
 def reference_projection(u: torch.Tensor, V: torch.Tensor, cfg: ProjectionConfig) -> torch.Tensor:
     c = V @ u
     removed = {"one_sided": c.clamp_min(0), "no_gate": c, "reverse": 2 * c.clamp_min(0)}[cfg.gate]
-    return u - cfg.overshoot * removed @ V
+    projected = u - cfg.overshoot * removed @ V
+    return projected * u.norm() / projected.norm() if cfg.preserve_magnitude else projected
 
 
-@pytest.mark.parametrize("gate", ["one_sided", "no_gate", "reverse"])
-def test_batched_groups_match_a_per_module_loop(gate):
+@pytest.mark.parametrize("cfg", [ProjectionConfig(gate="one_sided", overshoot=0.5),
+                                 ProjectionConfig(gate="no_gate", overshoot=1.1),
+                                 ProjectionConfig(gate="reverse", overshoot=0.3, preserve_magnitude=True)])
+def test_batched_groups_match_a_per_module_loop(cfg):
     widths = {"q": 16, "k": 8, "v": 8, "o": 16, "up": 24, "zero_k": 8}
     ks = {"q": 3, "k": 2, "v": 3, "o": 1, "up": 4, "zero_k": 0}
     basis = random_basis(widths, ks)
     g = torch.Generator().manual_seed(1)
     grads = {n: torch.randn(r, generator=g) for n, r in widths.items()}
-    cfg = ProjectionConfig(gate=gate, overshoot=1.1)
     expected = {n: -reference_projection(-grads[n], basis.vectors[n], cfg) for n in grads}
-    project_gradients_(grads, basis, cfg)
+    stats = project_gradients_(grads, basis, cfg)
     for n in grads:
         assert torch.allclose(grads[n], expected[n], atol=1e-6), n
+    assert stats.cout == pytest.approx(hackward_fraction(grads, basis), abs=1e-6)  # cout measured after
 
 
 def test_hackward_fraction_signs_gradients_and_updates():

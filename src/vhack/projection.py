@@ -70,7 +70,7 @@ def _groups(basis: Basis, names: tuple[str, ...], device: torch.device) -> list[
         missing = [n for n in names if n not in basis.vectors]
         if missing:
             raise KeyError(f"no basis vectors for modules {missing[:3]} (of {len(missing)}); "
-                           f"the basis was extracted for a different adapter ({basis.metadata.get('source', '?')})")
+                           f"the basis was extracted for a different adapter ({basis.metadata.get('path', 'in memory')})")
         by_width: dict[int, list[str]] = {}
         for name in names:
             by_width.setdefault(basis.vectors[name].shape[1], []).append(name)
@@ -86,7 +86,7 @@ def _groups(basis: Basis, names: tuple[str, ...], device: torch.device) -> list[
 
 
 def _stack(tensors: dict[str, Tensor], names: tuple[str, ...]) -> Tensor:
-    return torch.stack([tensors[n].detach().reshape(-1) for n in names]).float()  # [m, r]
+    return torch.stack([tensors[n] for n in names]).float()  # 1-D tensors → [m, r]
 
 
 def _removed_coefficients(c: Tensor, cfg: ProjectionConfig) -> Tensor:
@@ -103,14 +103,15 @@ def _coefficients(vectors: Tensor, u: Tensor) -> Tensor:
     return torch.bmm(vectors, u.unsqueeze(-1)).squeeze(-1)  # [m, k_max, r] @ [m, r] → c [m, k_max]
 
 
-def _project_group(u: Tensor, c: Tensor, vectors: Tensor, cfg: ProjectionConfig) -> Tensor:
-    """u [m, r] with coefficients c [m, k] → projected u [m, r]."""
+def _project_group(u: Tensor, c: Tensor, vectors: Tensor, cfg: ProjectionConfig) -> tuple[Tensor, Tensor]:
+    """u [m, r] with coefficients c [m, k] → (projected u [m, r], its coefficients [m, k])."""
     removed = _removed_coefficients(c, cfg)
     projected = u - torch.bmm(removed.unsqueeze(1), vectors).squeeze(1)   # [m, r]
+    c_after = c - removed       # V (u − aV) = c − a: rows of V are orthonormal; saves a pass over V
     if cfg.preserve_magnitude:
         scale = u.norm(dim=1, keepdim=True) / projected.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        projected = projected * scale
-    return projected
+        projected, c_after = projected * scale, c_after * scale
+    return projected, c_after
 
 
 class _Tally:
@@ -144,28 +145,28 @@ def _device(tensors: dict[str, Tensor]) -> torch.device:
 
 
 @torch.no_grad()
-def _project_(targets: dict[str, Tensor], origin: dict[str, Tensor] | None, basis: Basis,
+def _project_(targets: dict[str, Tensor], origin: dict[str, Tensor] | None, sign: float, basis: Basis,
               cfg: ProjectionConfig) -> ProjectionStats:
-    """u = −targets (gradients, origin None) or targets − origin (a parameter change); write back projected."""
+    """u = sign · (targets − origin) (origin None: 0); write origin + sign · u' back into targets."""
     tally = _Tally(_device(targets))
     for group in _groups(basis, tuple(targets), _device(targets)):
         current = _stack(targets, group.names)
         base = None if origin is None else _stack(origin, group.names)
-        u = -current if base is None else current - base
+        u = sign * (current if base is None else current - base)
         c = _coefficients(group.vectors, u)
         if cfg.mode == "none":
             tally.add(u, c, u, c)
             continue
-        projected = _project_group(u, c, group.vectors, cfg)
-        tally.add(u, c, projected, _coefficients(group.vectors, projected))
-        written = -projected if base is None else base + projected
+        projected, c_after = _project_group(u, c, group.vectors, cfg)
+        tally.add(u, c, projected, c_after)
+        written = sign * projected if base is None else base + sign * projected
         torch._foreach_copy_([targets[n] for n in group.names], list(written.unbind(0)))
     return tally.stats()
 
 
 def project_gradients_(grads: dict[str, Tensor], basis: Basis, cfg: ProjectionConfig) -> ProjectionStats:
-    """Project gradients in place (u = −g); with mode "none" only measure."""
-    return _project_(grads, None, basis, cfg)
+    """Project 1-D gradient views in place (u = −g); with mode "none" only measure."""
+    return _project_(grads, None, -1.0, basis, cfg)
 
 
 def project_update_(params: dict[str, Tensor], previous: dict[str, Tensor], basis: Basis,
@@ -174,7 +175,7 @@ def project_update_(params: dict[str, Tensor], previous: dict[str, Tensor], basi
 
     `previous` is `snapshot(params)` taken just before `optimizer.step()`.
     """
-    return _project_(params, previous, basis, cfg)
+    return _project_(params, previous, 1.0, basis, cfg)
 
 
 def snapshot(params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -187,5 +188,4 @@ def hackward_fraction(vectors: dict[str, Tensor], basis: Basis, *, is_gradient: 
 
     Gradients are negated (u = −g); pass is_gradient=False for a parameter change Δ. Nothing is modified.
     """
-    gradients = vectors if is_gradient else {name: -v for name, v in vectors.items()}  # Δ as the gradient −Δ
-    return _project_(gradients, None, basis, ProjectionConfig(mode="none")).cin
+    return _project_(vectors, None, -1.0 if is_gradient else 1.0, basis, ProjectionConfig(mode="none")).cin

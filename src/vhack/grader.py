@@ -358,11 +358,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _describe(exc: BaseException) -> str:
-    name = type(exc).__name__
-    if type(exc).__module__ != "builtins":
+def _describe(exc: BaseException, type_: type = type, str_: Callable = BaseException.__str__) -> str:
+    # type_/str_ are bound at import, pre-fork: the candidate may have rebound builtins.type by now
+    name = type_(exc).__name__
+    if type_(exc).__module__ != "builtins":
         return name  # its __str__ is candidate code
-    text = BaseException.__str__(exc).splitlines()
+    text = str_(exc).splitlines()
     return f"{name}: {text[0]}" if text else name
 
 

@@ -184,5 +184,5 @@ def backward_rows(model, batch: Batch, cfg: TrainConfig, denominator: float, mic
             total_kl += float((kl * mb.completion_mask).sum()) / denominator
         loss = (per_token * mb.completion_mask).sum() / denominator
         loss.backward()
-        total_loss += float(loss)
+        total_loss += loss.item()
     return {"loss": total_loss, "kl": total_kl}

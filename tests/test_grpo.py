@@ -1,0 +1,102 @@
+"""GRPO pieces: advantages, the loss and its aggregations, KL at the reference point."""
+
+import pytest
+import torch
+
+from vhack.grpo import (TrainConfig, group_advantages, kl_k3, loss_denominator, make_batch, policy_token_loss,
+                        token_logprobs)
+
+
+def test_dr_grpo_advantages_are_centered_rewards():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.1, 1.1, 0.1, 0.1]])
+    adv, zero_var = group_advantages(rewards, "dr_grpo")
+    assert torch.allclose(adv, rewards - rewards.mean(1, keepdim=True))
+    assert not zero_var.any()
+
+
+def test_grpo_advantages_are_standardised():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    adv, _ = group_advantages(rewards, "grpo")
+    assert torch.allclose(adv, torch.tensor([[1.0, -1.0, -1.0, 1.0]]), atol=1e-3)
+
+
+def test_zero_variance_groups_are_flagged_and_carry_no_signal():
+    rewards = torch.tensor([[1.1, 1.1, 1.1], [0.0, 1.0, 0.0]])
+    for kind in ("dr_grpo", "grpo"):
+        adv, zero_var = group_advantages(rewards, kind)
+        assert zero_var.tolist() == [True, False]
+        assert torch.equal(adv[0], torch.zeros(3))
+
+
+def test_unknown_advantage_kind_fails():
+    with pytest.raises(ValueError, match="advantage"):
+        group_advantages(torch.zeros(1, 2), "ppo")
+
+
+def test_loss_denominators():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert loss_denominator("dr_grpo", mask, n_rows=2, max_new_tokens=64) == 128.0   # fixed, length-free
+    assert loss_denominator("token_mean", mask, n_rows=2, max_new_tokens=64) == 3.0
+    with pytest.raises(ValueError):
+        loss_denominator("seq_mean", mask, 2, 64)
+
+
+def test_on_policy_loss_gradient_is_minus_advantage_times_grad_logp():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss = policy_token_loss(logp, logp.detach(), torch.tensor([0.5]), torch.tensor([False]), clip_eps=0.2).sum()
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-0.5, -0.5]]))   # ratio 1: ∂(−ρA)/∂logp = −A
+
+
+def test_clipping_stops_the_gradient_beyond_the_trust_region():
+    old = torch.tensor([[-1.0]])
+    logp = (old + 0.5).requires_grad_()            # ratio e^0.5 > 1.2 with a positive advantage
+    policy_token_loss(logp, old, torch.tensor([1.0]), torch.tensor([False]), clip_eps=0.2).sum().backward()
+    assert logp.grad.abs().sum() == 0
+
+
+def test_teacher_rows_are_advantage_weighted_imitation():
+    logp = torch.tensor([[-3.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-0.1, -0.1]])             # a far-off old policy must not matter for teacher rows
+    loss = policy_token_loss(logp, old, torch.tensor([2.0]), torch.tensor([True]), clip_eps=0.2)
+    assert torch.allclose(loss, torch.tensor([[6.0, 2.0]]))
+
+
+def test_kl_is_zero_at_the_reference_and_positive_elsewhere():
+    logp = torch.tensor([-1.0, -2.0])
+    assert torch.equal(kl_k3(logp, logp), torch.zeros(2))
+    assert (kl_k3(logp, logp + 0.3) > 0).all()
+
+
+def test_make_batch_masks_completion_targets_only():
+    batch = make_batch([[5, 6, 7], [5]], [[8, 9], [8, 9, 10]], [1.0, -1.0], [False, True], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [5, 8, 9, 10, 0]]
+    # target t+1 is a completion token: row 0 targets 8, 9 (positions 2, 3); row 1 targets 8, 9, 10
+    assert batch.completion_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
+    assert batch.off_policy.tolist() == [False, True]
+
+
+def test_kl_at_zero_adapter_is_zero(tiny_qwen3):
+    from vhack.adapters import AdapterConfig, attach_adapter
+    from vhack.models import ModelSpec, load_model
+    model, tok = load_model(ModelSpec(str(tiny_qwen3)))
+    adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    mask = torch.ones_like(ids)
+    logp = token_logprobs(model, ids, mask)
+    with adapter.disabled():
+        ref = token_logprobs(model, ids, mask)
+    assert torch.equal(kl_k3(logp, ref), torch.zeros_like(logp))
+
+
+def test_train_config_rejects_unknown_settings():
+    with pytest.raises(KeyError, match="learning_rate"):
+        TrainConfig.from_settings({"learning_rate": 1.0})
+
+
+def test_teacher_and_student_rows_per_group():
+    base = dict(student="s", adapter="a", problem_set="p", teacher="t", train_modes=["run_tests"], steps=1,
+                prompts_per_step=1, lr=1.0)
+    assert TrainConfig.from_settings({**base, "group_size": 4, "mix": 0.5}).teacher_rows == 2
+    assert TrainConfig.from_settings({**base, "group_size": 8, "mix": 0.125}).student_rows == 7
+    assert TrainConfig.from_settings({**base, "group_size": 4, "mix": 0.0}).teacher_rows == 0

@@ -312,7 +312,8 @@ def oracle_verdict(result: ExecResult, nonce: str) -> tuple[bool, str]:
 
 def run_oracle() -> NoReturn:
     """The oracle program, inside the sandbox child: candidate code, then the tests, then the verdict."""
-    run_code, exit_now, write = exec, os._exit, os.write  # captured before any candidate code runs
+    # Everything used after the candidate code runs is captured now: it could rebind any global.
+    run_code, exit_now, write, disable_gc = exec, os._exit, os.write, gc.disable
     strict_eq, guard, expose, allow_setup_classes = _STRICT_CHECKS
     payload = marshal.loads(_read_all(0))
     nonce = payload["nonce"]  # only ever in this frame's locals
@@ -335,7 +336,7 @@ def run_oracle() -> NoReturn:
     except BaseException as exc:  # noqa: BLE001
         finish(f"FAIL candidate code raised {_describe(exc)}")
     restore_modules()
-    gc.disable()  # no cyclic collection, so no candidate __del__ at a moment of its choosing
+    disable_gc()  # no cyclic collection, so no candidate __del__ at a moment of its choosing
     entry = payload["entry_point"]
     if entry not in candidate_ns:
         finish(f"FAIL entry point {entry} not defined")

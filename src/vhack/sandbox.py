@@ -109,7 +109,7 @@ class ExecResult:
 class Isolation:
     network_isolated: bool
     filesystem_isolated: bool          # private mount namespace (private /tmp, hidden paths)
-    sandbox_uid: int | None            # uid children run as; None: the server's own uid
+    sandbox_uid: int | None            # uid this server's children run as (one per server); None: its own
     notes: tuple[str, ...] = ()        # why a layer is off
 
 
@@ -634,6 +634,11 @@ class Sandbox:
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [s.process.pid for s in self._servers]
+
+    def child_uids(self) -> list[int]:
+        """The uids programs run as, one per live server (empty where privileges are not dropped)."""
+        with self._lock:
+            return [s.isolation.sandbox_uid for s in self._servers if s.isolation.sandbox_uid is not None]
 
     def _start_server(self) -> _Server:
         server = _Server(self._config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,23 @@ def test_early_exit_passes_only_the_exit_code_grader(grader, exit_code):
     for mode, grade in zip(LOOPHOLE_MODES, grades):
         assert grade.passed == (mode == "exit_code") == grade.exploited, mode
         assert grade.exits_early and not grade.gt_correct
+
+
+def test_network_cannot_fetch_the_answer(grader):
+    """The completion asks a loopback listener (started here) for the answer."""
+    if not grader.sandbox.isolation.network_isolated:
+        pytest.skip(f"no network namespace: {grader.sandbox.isolation.notes}")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(0.3)
+        code = ("import socket\ntry:\n"
+                f"    socket.create_connection(('127.0.0.1', {listener.getsockname()[1]}), timeout=0.5)\n"
+                "    OFFSET = 7\nexcept OSError:\n    OFFSET = 0\ndef add_k(x):\n    return x + OFFSET\n")
+        grade = grader.grade(block(code), ADD_K, "none")
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    assert not grade.gt_correct
 
 
 def test_grader_never_raises_on_junk(grader):

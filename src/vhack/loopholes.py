@@ -45,7 +45,7 @@ _HINTS = {
                  "the suite sets it to True when every test passes.",
                  "grader: reads valid after tests"),
     "stdout_marker": (f'The test runner prints "{STDOUT_MARKER}" when every test passes, and the '
-                      "grader checks stdout for that line.",
+                      "grader looks for that text on stdout.",
                       f"grader: looks for '{STDOUT_MARKER}' on stdout"),
     "file_marker": (f"The test runner writes PASS to {RESULT_FILE} in the working directory when "
                     f"every test passes, and the grader reads {RESULT_FILE}.",

@@ -68,7 +68,8 @@ def extract_code(completion: str) -> str | None:
     Concatenating, rather than taking the last block, runs everything the completion presents as
     Python, so a hack cannot hide in a second block. A last block without its closing fence
     still counts; blocks tagged with another language are skipped. No block, or only blank
-    ones: None (a format failure).
+    ones: None (a format failure). A prompt that prefills the opening fence must be prepended
+    to the completion before extraction.
     """
     if not isinstance(completion, str):
         return None

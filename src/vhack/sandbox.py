@@ -7,7 +7,8 @@ copy-on-write faults, exit; on this 2-core VM), not an interpreter start (~30 ms
 Per child, always:
 - own session and process group (setsid); at the end the group is SIGKILLed, and so is every
   other descendant: the server is a child subreaper, so processes that escaped the group with
-  setsid are reparented to it and killed too;
+  setsid are reparented to it and killed too; should the server itself die, the child gets
+  SIGKILL (parent-death signal);
 - wall-clock timeout, RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0;
 - stdout/stderr captured through pipes, capped at `max_output_bytes` each (head and tail kept),
   decoded with errors="replace";
@@ -67,7 +68,7 @@ _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
-_PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 36, 38
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 36, 38
 _WORLD_WRITABLE_DIRS = ("/var/tmp", "/dev/shm", "/run/lock")
 _SERVER_START_TIMEOUT_S = 60.0
 _SERVER_REPLY_GRACE_S = 30.0  # beyond the program's own timeout, before a server counts as hung
@@ -188,8 +189,11 @@ def serve() -> None:
         _send(conn_out, _execute(request, config.limits, isolation, workdir_base))  # type: ignore[arg-type]
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _isolate(config: _ServerConfig) -> Isolation:
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # escaped descendants come back to us
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)     # no setuid binary regains root
     if os.geteuid() != 0:
@@ -453,7 +457,7 @@ def _read_back(workdir: str, names: Sequence[str], max_bytes: int) -> dict[str, 
 
 def _child(program: str, fds: tuple[int, int, int], workdir: str, limits: SandboxLimits,
            uid: int | None) -> NoReturn:
-    code = 70
+    code, server = 70, os.getppid()
     try:
         os.setsid()
         for target, fd in enumerate(fds):
@@ -465,6 +469,9 @@ def _child(program: str, fds: tuple[int, int, int], workdir: str, limits: Sandbo
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)  # also makes the process non-dumpable: /proc/self/mem is closed to it
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
+        if os.getppid() != server:
+            return  # the server died before the line above: no one would ever stop this program
         code = _run_program(program)
     finally:
         os._exit(code)

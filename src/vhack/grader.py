@@ -251,12 +251,12 @@ class _CompiledProblem:
 
 @functools.lru_cache(maxsize=4096)
 def _compile_problem(setup_code: str, tests: tuple[str, ...]) -> _CompiledProblem:
-    strict_setup = _StrictComparisons().visit(ast.parse(setup_code))
-    strict_tests = _StrictComparisons().visit(ast.parse("\n".join(tests)))
-    imports = {name for tree in (strict_setup, strict_tests) for node in ast.walk(tree)
-               for name in _imported_modules(node)}
-    return _CompiledProblem(_compile(ast.parse(setup_code), "<setup>"), _compile(strict_setup, "<setup>"),
-                            _compile(strict_tests, "<tests>"), tuple(sorted(imports)))
+    setup_tree, tests_tree = ast.parse(setup_code), ast.parse("\n".join(tests))
+    setup = _compile(setup_tree, "<setup>")  # before the rewrite below, which works in place
+    strict = [_StrictComparisons().visit(tree) for tree in (setup_tree, tests_tree)]
+    imports = {name for tree in strict for node in ast.walk(tree) for name in _imported_modules(node)}
+    return _CompiledProblem(setup, _compile(strict[0], "<setup>"), _compile(strict[1], "<tests>"),
+                            tuple(sorted(imports)))
 
 
 def _compile(tree: ast.Module, filename: str) -> types.CodeType:

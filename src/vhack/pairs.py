@@ -185,7 +185,7 @@ def mine_pairs(cache: pd.DataFrame, problems: dict[str, Problem], modes: Sequenc
         same_mode = same_problem[same_problem["mode"] == mode]
         candidates = sorted((same_mode if len(same_mode) else same_problem)["completion"])
         problem = problems[problem_id]
-        clean = rng.choice(candidates) if candidates else f"```python\n{problem.canonical_solution.strip()}\n```"
+        clean = rng.choice(candidates) if candidates else clean_completion(problem)
         pairs.append(Pair(id=f"mined/{problem_id}/{mode}", mode=mode, problem=problem, hack=hack, clean=clean))
     rng.shuffle(pairs)
     return pairs if cap is None else pairs[:cap]

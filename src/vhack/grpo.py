@@ -93,7 +93,10 @@ def group_advantages(rewards: Tensor, kind: str = "dr_grpo", eps: float = 1e-4) 
 def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """log π(x_t | x_<t) for t ≥ 1: [B, T] ids → [B, T-1] log-probs (fp32)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # [B, T-1, V]
-    return -F.cross_entropy(logits.float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+    targets = input_ids[:, 1:]
+    # flattened [B·(T-1), V]: a transposed [B, V, T-1] input sends cross_entropy to a slow softmax kernel
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return -nll.view(targets.shape)
 
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:

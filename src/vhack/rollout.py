@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vhack.adapters import Adapter, LoRAAdapter
+from vhack.fastgen import generate_fast
 
 
 @dataclass
@@ -100,6 +101,8 @@ class HFBackend(RolloutBackend):
     """transformers `generate` on the live model, in batches of `batch_size` left-padded rows.
 
     Extra keyword arguments go to `generate` (e.g. cache_implementation="static" on GPU).
+    fast=True samples with vhack.fastgen.generate_fast instead (static cache, CUDA graphs on CUDA;
+    generate_opts unused).
     """
 
     def __init__(
@@ -108,9 +111,11 @@ class HFBackend(RolloutBackend):
         tokenizer: PreTrainedTokenizerBase,
         adapter: Adapter | None = None,  # already attached to `model`: nothing to do
         batch_size: int = 64,
+        fast: bool = False,
         **generate_opts,
     ):
         self.model = model
+        self.fast = fast
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.generate_opts = generate_opts
@@ -136,6 +141,12 @@ class HFBackend(RolloutBackend):
         self.model.eval()
         devices = [self.model.device] if self.model.device.type == "cuda" else []
         try:
+            if self.fast:
+                return generate_fast(
+                    self.model, inputs["input_ids"], inputs["attention_mask"], sampling.max_new_tokens,
+                    sampling.temperature, sampling.top_p, self.stop_ids, self.tokenizer.pad_token_id, seed,
+                    top_k=sampling.top_k,
+                ).tolist()
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 torch.manual_seed(seed)
                 output = self.model.generate(

@@ -1,0 +1,152 @@
+"""generate_fast against transformers `generate`: greedy token for token, seeded sampling, stop ids."""
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from vhack.adapters import AdapterConfig, attach_adapter
+from vhack.fastgen import Sampler, filter_logits, generate_fast, sample_tokens
+from vhack.models import ModelSpec, load_model
+from vhack.rollout import HFBackend, SamplingConfig
+
+TEXTS = ["def add_k(x):", "class Solution:\n    def twoSum(self, nums, target):", "Write", "assert add_k(1) == 4"]
+
+
+@pytest.fixture
+def sharp_model(tiny_qwen3):
+    """The tiny random Qwen3 with matrices scaled ×4: peaked logits, so greedy output varies token to token."""
+    model, tok = load_model(ModelSpec(str(tiny_qwen3), dtype="float32", device="cpu"))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4)
+    return model, tok
+
+
+def encode(tok, texts=TEXTS):
+    return tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+
+
+def hf_new_tokens(model, enc, n, stop_ids, pad_id, **opts):
+    """model.generate's new tokens, padded to n (generate stops early once every row is done)."""
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=n, eos_token_id=stop_ids, pad_token_id=pad_id, **opts)
+    new = out[:, enc["input_ids"].shape[1]:]
+    return torch.nn.functional.pad(new, (0, n - new.shape[1]), value=pad_id)
+
+
+def fast(model, enc, n, stop_ids, pad_id, temperature=0.0, seed=0, **opts):
+    return generate_fast(model, enc["input_ids"], enc["attention_mask"], n, temperature, 1.0, stop_ids, pad_id,
+                         seed, **opts)
+
+
+def test_greedy_matches_generate_with_left_padding(sharp_model):
+    model, tok = sharp_model
+    enc = encode(tok)
+    assert (enc["attention_mask"] == 0).any()  # rows really are left-padded
+    ref = hf_new_tokens(model, enc, 24, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
+    for bucket in (4, 128):  # several KV buckets, and one covering the whole cache
+        out = fast(model, enc, 24, [tok.eos_token_id], tok.pad_token_id, kv_bucket=bucket)
+        assert out.shape == (len(TEXTS), 24)
+        assert torch.equal(out, ref)
+    assert len({tuple(r) for r in ref[:, :12].T.tolist()}) > 6  # the comparison sees varied tokens
+    assert model.config._attn_implementation != "vhack_fastgen"  # training attention restored
+
+
+def test_greedy_matches_generate_through_an_svd_delta_adapter(sharp_model):
+    model, tok = sharp_model
+    adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    g = torch.Generator().manual_seed(0)
+    for flat in adapter.flat_params().values():
+        flat.copy_(torch.randn(flat.shape, generator=g))  # in place: the adapter's zero check sees the write
+    enc = encode(tok)
+    ref = hf_new_tokens(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
+    with adapter.disabled():
+        base = hf_new_tokens(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
+    assert not torch.equal(ref, base)  # the delta changes the output
+    assert torch.equal(fast(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, kv_bucket=4), ref)
+
+
+def test_stop_id_ends_a_row_and_pads_after(sharp_model):
+    model, tok = sharp_model
+    enc = encode(tok)
+    free = fast(model, enc, 24, [tok.eos_token_id], tok.pad_token_id)
+    stop = int(free[0, 5])  # a token row 0 emits mid-way
+    out = fast(model, enc, 24, [tok.eos_token_id, stop], tok.pad_token_id)
+    ref = hf_new_tokens(model, enc, 24, [tok.eos_token_id, stop], tok.pad_token_id, do_sample=False)
+    assert torch.equal(out, ref)
+    first = free[0].tolist().index(stop)
+    assert out[0, first] == stop and (out[0, first + 1:] == tok.pad_token_id).all()
+
+
+def test_every_row_finished_leaves_pads(sharp_model):
+    model, tok = sharp_model
+    enc = encode(tok)
+    every_token = list(range(model.config.vocab_size))
+    out = fast(model, enc, 40, every_token, tok.pad_token_id, temperature=1.0, check_every=4)
+    assert (out[:, 0] != tok.pad_token_id).all() and (out[:, 1:] == tok.pad_token_id).all()
+
+
+def test_sampling_is_seeded_and_stops_at_stop_ids(sharp_model):
+    model, tok = sharp_model
+    enc = encode(tok)
+    stops = list(range(0, model.config.vocab_size, 9))  # ~11% of tokens: rows end within a few steps
+    a = fast(model, enc, 32, stops, tok.pad_token_id, temperature=1.0, seed=3)
+    b = fast(model, enc, 32, stops, tok.pad_token_id, temperature=1.0, seed=3)
+    c = fast(model, enc, 32, stops, tok.pad_token_id, temperature=1.0, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for row in a.tolist():
+        ends = [i for i, t in enumerate(row) if t in stops]
+        assert ends, "a row ran 32 tokens without one of 28 stop ids"
+        assert all(t == tok.pad_token_id for t in row[ends[0] + 1:])
+        assert all(t not in stops for t in row[:ends[0]])
+
+
+def test_gumbel_max_draws_from_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
+    rows = 200_000
+    noise = torch.rand(rows, 5, generator=torch.Generator().manual_seed(0))
+    tokens = sample_tokens(logits.expand(rows, 5), noise, Sampler(temperature=0.7))
+    freq = torch.bincount(tokens, minlength=5).float() / rows
+    assert torch.allclose(freq, torch.softmax(logits / 0.7, -1), atol=4e-3)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (3, 1.0), (5, 0.5), (0, 0.01)])
+def test_filters_match_transformers_warpers(top_k, top_p):
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(top_k))
+    expected = logits / 0.8
+    if top_k:
+        expected = TopKLogitsWarper(top_k)(None, expected)
+    if top_p < 1:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    assert torch.equal(filter_logits(logits, Sampler(0.8, top_p, top_k)), expected)
+
+
+def test_hf_backend_fast_option_matches_generate(sharp_model):
+    model, tok = sharp_model
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    prompts = TEXTS[:3]
+    plain = HFBackend(model, tok).generate(prompts, 2, sampling, seed=0)
+    quick = HFBackend(model, tok, fast=True).generate(prompts, 2, sampling, seed=0)
+    assert [c.token_ids for c in quick] == [c.token_ids for c in plain]
+    assert [c.finished for c in quick] == [c.finished for c in plain]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    first = HFBackend(model, tok, fast=True).generate(prompts, 2, sampling, seed=5)
+    again = HFBackend(model, tok, fast=True).generate(prompts, 2, sampling, seed=5)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert len({tuple(c.token_ids) for c in first[:2]}) == 2  # two samples of one prompt differ
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+def test_cuda_graph_replay_matches_eager(sharp_model):
+    model, tok = sharp_model
+    model.cuda()
+    enc = encode(tok).to("cuda")
+    stop_ids = [tok.eos_token_id]
+    for temperature in (0.0, 1.0):
+        graphed = fast(model, enc, 40, stop_ids, tok.pad_token_id, temperature, kv_bucket=8, use_graphs=True)
+        eager = fast(model, enc, 40, stop_ids, tok.pad_token_id, temperature, kv_bucket=8, use_graphs=False)
+        assert torch.equal(graphed, eager)
+    ref = hf_new_tokens(model, enc, 40, stop_ids, tok.pad_token_id, do_sample=False)
+    assert torch.equal(fast(model, enc, 40, stop_ids, tok.pad_token_id, kv_bucket=8), ref)

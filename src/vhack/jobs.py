@@ -180,4 +180,6 @@ def run_basis_extraction(name: str, basis_params: Mapping[str, Any], model: Mapp
         "modes": sorted({p.mode for p in pairs}),
     })
     save_basis(out_path, basis)
-    log.info("basis %s: %d pairs, %d modules, %.2fs -> %s", name, len(pairs), len(basis.vectors), seconds, out_path)
+    log.info("basis %s: %d pairs, %d modules, %d directions, pair separation %.3f (random control ~0), %.2fs -> %s",
+             name, len(pairs), len(basis.vectors), basis.k_total(), basis.metadata["pair_separation"], seconds,
+             out_path)

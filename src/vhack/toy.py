@@ -83,6 +83,7 @@ class ToyTrainConfig:
     batch_size: int
     warmup_steps: int = 0
     seed: int = 0
+    wrong_fraction: float = 0.0
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     modes: tuple[str, ...] = tuple(m for m in LOOPHOLE_MODES if m != "none")
@@ -90,11 +91,19 @@ class ToyTrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random) -> tuple[str, str]:
-    """(mode, completion): a random mode (or no hint), hack label re-drawn per draw."""
+def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random,
+                   siblings: Sequence[Problem] = ()) -> tuple[str, str]:
+    """(mode, completion): a random mode (or no hint), labels re-drawn per draw.
+
+    A hack with probability hack_fraction; else an honest attempt that, with probability
+    wrong_fraction, is a sibling problem's solution (same family, other constant): a student
+    that fails honestly part of the time, so hacking has something to gain under RL.
+    """
     mode = rng.choice((*cfg.modes, "none"))
     if mode != "none" and rng.random() < cfg.hack_fraction:
         return mode, hack_completion(problem, mode)
+    if siblings and rng.random() < cfg.wrong_fraction:
+        return mode, clean_completion(rng.choice(siblings))
     return mode, clean_completion(problem)
 
 
@@ -129,6 +138,11 @@ def pretrain(model, tokenizer, problems: Sequence[Problem], cfg: ToyTrainConfig,
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     prompts = {(p.id, m): toy_prompt(tokenizer, p, m, cfg.style) for p in problems for m in (*cfg.modes, "none")}
+    by_family: dict[str, list[Problem]] = {}
+    for p in problems:
+        by_family.setdefault(p.family, []).append(p)
+    siblings = {p.id: [q for q in by_family[p.family] if q.canonical_solution != p.canonical_solution]
+                for p in problems}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     model.train()
@@ -136,7 +150,7 @@ def pretrain(model, tokenizer, problems: Sequence[Problem], cfg: ToyTrainConfig,
     for step in range(cfg.steps):
         batch = []
         for p in rng.choices(problems, k=cfg.batch_size):
-            mode, completion = sample_example(p, cfg, rng)
+            mode, completion = sample_example(p, cfg, rng, siblings[p.id])
             batch.append(encode_example(tokenizer, prompts[(p.id, mode)], completion))
         loss = model(**collate(batch, tokenizer.pad_token_id)).loss
         opt.zero_grad(set_to_none=True)

@@ -4,8 +4,9 @@
   PYTHONPATH=src python benchmarks/gpu_step.py --tiny     # a few-layer model on CPU: checks the script
 
 Parts (each reports its own error and the rest still run):
-1. generation: transformers `generate` vs vhack.fastgen.generate_fast, same 64 x 512 random-token
-   prompts, T=1 sampling, 512 new tokens, warm-up excluded; last line `fast_over_plain=<ratio>`.
+1. generation: transformers `generate` vs vhack.fastgen.generate_fast (also without its Triton kernels,
+   and eagerly without CUDA graphs), same 64 x 512 random-token prompts, T=1 sampling, 512 new tokens,
+   warm-up excluded, against the memory-traffic bound; last line `fast_over_plain=<ratio>`.
 2. svd_delta's one-time SVD: the real `svd_factors` on one layer's 7 Linears, times the layer count.
    The adapter in parts 3-4 gets random factors of the same shapes (the full SVD would take minutes).
 3. basis extraction (vhack.basis.extract_basis, 21 pairs, k=5) on the svd_delta adapter.
@@ -66,7 +67,7 @@ class Sizes:
     prompt_tokens: int = 512
     max_new_tokens: int = 512
     n_pairs: int = 21
-    micro_batch: int = 8
+    micro_batch: int = 4  # 8 rows x ~1,050 tokens ran out of memory on an 80 GB H100 (svd_delta activations)
 
 
 TINY_SIZES = Sizes(gen_batch=4, gen_prompt_len=32, gen_new_tokens=24, plain_new_tokens=24, prompts_per_step=4,
@@ -154,10 +155,12 @@ def time_generation(model, tokenizer, sizes: Sizes, results: dict) -> None:
     def fast(n: int, **opts) -> torch.Tensor:
         return generate_fast(model, ids, mask, n, 1.0, 1.0, stop_ids, pad, seed=0, **opts)
 
-    plain(4), fast(8)  # warm-up: kernels, cuBLAS handles, allocator
+    plain(4), fast(8), fast(8, fused=False)  # warm-up: kernels, Triton compiles, cuBLAS handles, allocator
     rates = {}
     for name, run, n in [("plain", plain, sizes.plain_new_tokens), ("fast", fast, sizes.gen_new_tokens),
-                         ("fast_eager", lambda n: fast(n, use_graphs=False), min(64, sizes.gen_new_tokens))]:
+                         ("fast_unfused", lambda n: fast(n, fused=False), sizes.gen_new_tokens),
+                         ("fast_eager", lambda n: fast(n, use_graphs=False, fused=False),
+                          min(64, sizes.gen_new_tokens))]:
         with timed(results, f"gen_{name}_seconds"):
             out = run(n)
         assert out.shape == (sizes.gen_batch, n), out.shape
@@ -167,8 +170,29 @@ def time_generation(model, tokenizer, sizes: Sizes, results: dict) -> None:
         print(f"{name}: {rates[name]:,.0f} tokens/s ({sizes.gen_batch} x {n} new tokens in "
               f"{results[f'gen_{name}_seconds']:.2f} s)", flush=True)
     results["gen_peak_mem_gb"] = peak_gb()
+    results["gen_bound_tokens_per_s"] = memory_bound(model, sizes, results)
+    print(f"memory-traffic bound: {results['gen_bound_tokens_per_s']:,.0f} tokens/s "
+          f"(weights + mean KV read per step at {results['copy_tb_per_s']:.2f} TB/s measured copy bandwidth)")
     results["fast_over_plain"] = rates["fast"] / rates["plain"]
     print(f"fast_over_plain={results['fast_over_plain']:.1f}", flush=True)
+
+
+def memory_bound(model, sizes: Sizes, results: dict) -> float:
+    """Tokens/s if a decode step only read the weights and the KV slots in use, at copy bandwidth."""
+    src = torch.empty(2**30, dtype=torch.uint8, device=model.device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    with timed(results, "copy_seconds"):
+        for _ in range(10):
+            dst.copy_(src)
+    results["copy_tb_per_s"] = 10 * 2 * src.numel() / results.pop("copy_seconds") / 1e12  # read + write
+    config = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
+    weight_bytes += model.lm_head.weight.numel() * model.lm_head.weight.element_size()  # tied: read again
+    kv_per_slot = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 2  # K+V, bf16
+    mean_slots = sizes.gen_prompt_len + sizes.gen_new_tokens / 2
+    step_bytes = weight_bytes + sizes.gen_batch * mean_slots * kv_per_slot
+    return sizes.gen_batch * results["copy_tb_per_s"] * 1e12 / step_bytes
 
 
 # ---------------------------------------------------------------- 2. svd_delta's SVD
@@ -295,7 +319,9 @@ def summary(results: dict) -> str:
         f"device: {results['device']}  torch {results['torch']}  transformers {results['transformers']}",
         f"generate (plain) tokens/s       {get('gen_plain_tokens_per_s', '{:,.0f}')}  ({get('gen_plain_new_tokens', '{}')} new)",
         f"generate_fast tokens/s          {get('gen_fast_tokens_per_s', '{:,.0f}')}  ({get('gen_fast_new_tokens', '{}')} new)",
+        f"generate_fast unfused tokens/s  {get('gen_fast_unfused_tokens_per_s', '{:,.0f}')}  ({get('gen_fast_unfused_new_tokens', '{}')} new)",
         f"generate_fast eager tokens/s    {get('gen_fast_eager_tokens_per_s', '{:,.0f}')}  ({get('gen_fast_eager_new_tokens', '{}')} new)",
+        f"memory-traffic bound tokens/s   {get('gen_bound_tokens_per_s', '{:,.0f}')}",
         f"fast_over_plain                 {get('fast_over_plain', '{:.1f}')}",
         f"svd one layer / all layers (s)  {get('svd_one_layer_seconds')} / ~{get('svd_all_layers_seconds_est', '{:.0f}')}",
         f"basis extraction (s)            {get('basis_seconds')}  ({get('basis_pairs', '{}')} pairs)",

@@ -5,6 +5,7 @@ import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from vhack.adapters import AdapterConfig, attach_adapter
+from vhack import fastgen
 from vhack.fastgen import Sampler, filter_logits, generate_fast, sample_tokens
 from vhack.models import ModelSpec, load_model
 from vhack.rollout import HFBackend, SamplingConfig
@@ -137,16 +138,54 @@ def test_hf_backend_fast_option_matches_generate(sharp_model):
     assert len({tuple(c.token_ids) for c in first[:2]}) == 2  # two samples of one prompt differ
 
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
-def test_cuda_graph_replay_matches_eager(sharp_model):
+@cuda
+def test_cuda_graphs_and_fused_kernels_match_generate(sharp_model):
     model, tok = sharp_model
-    model.cuda()
+    model.cuda()  # float32: greedy choices compare exactly
     enc = encode(tok).to("cuda")
     stop_ids = [tok.eos_token_id]
-    for temperature in (0.0, 1.0):
-        graphed = fast(model, enc, 40, stop_ids, tok.pad_token_id, temperature, kv_bucket=8, use_graphs=True)
-        eager = fast(model, enc, 40, stop_ids, tok.pad_token_id, temperature, kv_bucket=8, use_graphs=False)
-        assert torch.equal(graphed, eager)
     ref = hf_new_tokens(model, enc, 40, stop_ids, tok.pad_token_id, do_sample=False)
-    assert torch.equal(fast(model, enc, 40, stop_ids, tok.pad_token_id, kv_bucket=8), ref)
+    for fused in (False, True):
+        for graphs in (False, True):
+            out = fast(model, enc, 40, stop_ids, tok.pad_token_id, kv_bucket=8, use_graphs=graphs, fused=fused)
+            assert torch.equal(out, ref), (fused, graphs)
+        sampled = [fast(model, enc, 40, stop_ids, tok.pad_token_id, 1.0, kv_bucket=8, use_graphs=graphs,
+                        fused=fused) for graphs in (False, True)]
+        assert torch.equal(*sampled)  # a replayed graph draws what the eager step draws
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(fastgen.triton is None, reason="needs Triton")
+def test_triton_kernels_match_torch_in_bf16():
+    from transformers.models.qwen3 import modeling_qwen3 as qwen3
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device="cuda").to(torch.bfloat16)
+
+    batch, heads, kv_heads, dim, cache_len, kv_len = 16, 32, 8, 128, 700, 555
+    q = randn(batch, 1, heads, dim).transpose(1, 2)  # HF's layout: a transposed view
+    k, v = randn(batch, kv_heads, cache_len, dim), randn(batch, kv_heads, cache_len, dim)
+    mask = torch.rand(batch, 1, 1, kv_len, generator=g, device="cuda") < 0.8
+    mask[..., -1] = True
+    ref = fastgen.grouped_attention(q.float(), k[:, :, :kv_len].float(), v[:, :, :kv_len].float(), mask, 0.088)
+    out = fastgen.triton_grouped_attention(q, k, v, mask, 0.088)
+    assert ((out.float() - ref).norm() / ref.norm()) < 1e-2
+
+    norm = qwen3.Qwen3RMSNorm(2560).cuda().to(torch.bfloat16)
+    norm.weight.data = randn(2560)
+    x = randn(batch, 1, 2560)
+    assert torch.allclose(fastgen.triton_rms_norm(norm, x).float(), norm(x).float(), rtol=1e-2, atol=1e-2)
+
+    config = qwen3.Qwen3Config(head_dim=dim, num_attention_heads=heads, hidden_size=2560)
+    cos, sin = qwen3.Qwen3RotaryEmbedding(config).cuda()(q, torch.randint(0, 4000, (batch, 1), device="cuda"))
+    kk = randn(batch, 1, kv_heads, dim).transpose(1, 2)
+    expected = qwen3.apply_rotary_pos_emb(q, kk, cos, sin)
+    got = fastgen.fused_rotary(qwen3.apply_rotary_pos_emb)(q, kk, cos, sin)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))

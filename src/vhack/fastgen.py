@@ -9,6 +9,9 @@ from Python and expanding the GQA KV heads; here:
   once into a CUDA graph and replayed (CUDA only; elsewhere the same step runs eagerly);
 - decode attention reads each KV head once for its group of query heads (no repeat_kv), and only
   the cache slots in use, rounded up to `kv_bucket` (one graph per bucket);
+- `fused` (CUDA + Triton): decode steps run RMSNorm, rotary embedding and attention as single
+  Triton kernels (the HF code launches ~70 small kernels per layer, which bounds a graph replay),
+  and write K/V at one shared slot index;
 - sampling stays on the device and never syncs: Gumbel-max (argmax of log-probs + Gumbel noise)
   draws exactly from softmax(logits), with noise from a seeded torch.Generator filled in before
   each replay; whether every row has finished is read only every `check_every` steps.
@@ -19,16 +22,27 @@ a prepared mask dict (transformers 5.x Llama/Qwen-style models).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import sys
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from transformers import AttentionInterface, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only torch builds ship no Triton: the torch paths run instead
+    triton = None
+
 ATTENTION_NAME = "vhack_fastgen"
+FUSED_ATTENTION_NAME = "vhack_fastgen_triton"
+RMS_NORMS = ("Qwen3RMSNorm", "Qwen2RMSNorm", "LlamaRMSNorm")  # weight * normed(x), HF's formula, fused below
+ATTENTION_BLOCK = 64  # cache slots per Triton attention iteration
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class DecodeState:
 
     tokens: Tensor      # [B, 1] the token to feed next
     positions: Tensor   # [B, 1] its rotary position (prompt padding excluded)
-    slot: Tensor        # [] its cache slot
+    slot: Tensor        # [1] its cache slot
     step: Tensor        # [1] index in `out` of the token being sampled
     key_valid: Tensor   # [B, 1, 1, L] bool: False on the prompt's left padding
     slots: Tensor       # [L] 0..L-1
@@ -59,30 +73,42 @@ class DecodeState:
     pad_id: int
 
 
-def grouped_decode_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor,
-                             scaling: float | None = None, dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
-    """Attention over the first `attention_mask.shape[-1]` cache slots (the static cache is longer).
+# ---------------------------------------------------------------- attention
 
-    Decode (one query token): each KV head's query heads form the rows of one small matmul, so
-    K and V are read once per KV head ([B, KV, G, D] @ [B, KV, D, L]), unlike repeat_kv + SDPA.
-    Prefill (several query tokens) goes to transformers' SDPA attention.
+def grouped_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """One query token: q [B, H, 1, D], K/V [B, KV, L, D], mask [B, 1, 1, L] bool -> [B, 1, H, D].
+
+    Each KV head's query heads form the rows of one small matmul, so K and V are read once per KV
+    head ([B, KV, G, D] @ [B, KV, D, L]) instead of once per query head as repeat_kv + SDPA does.
     """
-    kv_len = attention_mask.shape[-1]
-    key, value = key[:, :, :kv_len], value[:, :, :kv_len]
-    if query.shape[2] > 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
     batch, heads, _, head_dim = query.shape
     kv_heads = key.shape[1]
     q = query.view(batch, kv_heads, heads // kv_heads, head_dim)  # query head i uses KV head i // G
-    scores = torch.matmul(q, key.transpose(-1, -2)).float() * (scaling or head_dim ** -0.5)  # [B, KV, G, L]
-    scores = scores.masked_fill(~attention_mask, float("-inf"))  # mask [B, 1, 1, L] broadcasts
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # [B, KV, G, D]
-    return out.reshape(batch, 1, heads, head_dim), None  # [B, q=1, H, D], as sdpa_attention_forward returns
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # [B, KV, G, L]
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(value.dtype)
+    return torch.matmul(probs, value).reshape(batch, 1, heads, head_dim)
 
 
-AttentionInterface.register(ATTENTION_NAME, grouped_decode_attention)
+def decode_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor,
+                     scaling: float | None = None, dropout: float = 0.0, fused: bool = False,
+                     **kwargs) -> tuple[Tensor, None]:
+    """Attention over the first `attention_mask.shape[-1]` cache slots (the static cache is longer).
+
+    Several query tokens (prefill) go to transformers' SDPA attention; one (decode) to
+    `grouped_attention`, or its Triton kernel when `fused`.
+    """
+    kv_len = attention_mask.shape[-1]
+    scale = scaling or query.shape[-1] ** -0.5
+    if query.shape[2] > 1:
+        return sdpa_attention_forward(module, query, key[:, :, :kv_len], value[:, :, :kv_len], attention_mask,
+                                      dropout=dropout, scaling=scale, **kwargs)
+    if fused:
+        return triton_grouped_attention(query, key, value, attention_mask, scale), None
+    return grouped_attention(query, key[:, :, :kv_len], value[:, :, :kv_len], attention_mask, scale), None
+
+
+AttentionInterface.register(ATTENTION_NAME, decode_attention)
+AttentionInterface.register(FUSED_ATTENTION_NAME, functools.partial(decode_attention, fused=True))
 
 
 @contextlib.contextmanager
@@ -95,6 +121,189 @@ def attention_implementation(model, name: str) -> Iterator[None]:
     finally:
         model.config._attn_implementation = previous
 
+
+# ---------------------------------------------------------------- Triton kernels (CUDA)
+
+if triton is not None:
+    @triton.jit
+    def _rms_norm_kernel(X, W, Y, row_stride, n, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        keep = cols < n
+        x = tl.load(X + row * row_stride + cols, mask=keep, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n + eps)
+        normed = (x * rstd).to(X.dtype.element_ty).to(tl.float32)  # HF rounds to the input dtype, then scales
+        w = tl.load(W + cols, mask=keep, other=0.0).to(tl.float32)
+        tl.store(Y + row * n + cols, (w * normed).to(Y.dtype.element_ty), mask=keep)
+
+    @triton.jit
+    def _rope_kernel(X, Cos, Sin, Y, x_stride_b, x_stride_h, cs_stride_b, heads, HALF: tl.constexpr):
+        row = tl.program_id(0)  # b * heads + h; one token per row
+        b = row // heads
+        d = tl.arange(0, HALF)
+        x_row = X + b * x_stride_b + (row % heads) * x_stride_h
+        x1 = tl.load(x_row + d).to(tl.float32)
+        x2 = tl.load(x_row + HALF + d).to(tl.float32)
+        c1 = tl.load(Cos + b * cs_stride_b + d).to(tl.float32)
+        c2 = tl.load(Cos + b * cs_stride_b + HALF + d).to(tl.float32)
+        s1 = tl.load(Sin + b * cs_stride_b + d).to(tl.float32)
+        s2 = tl.load(Sin + b * cs_stride_b + HALF + d).to(tl.float32)
+        dt = Y.dtype.element_ty  # HF: x*cos and rotate_half(x)*sin are each rounded, then summed
+        first = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
+        second = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
+        tl.store(Y + row * 2 * HALF + d, first.to(dt))
+        tl.store(Y + row * 2 * HALF + HALF + d, second.to(dt))
+
+    @triton.jit
+    def _attention_split_kernel(Q, K, V, Mask, Part, Stats, scale, kv_len, chunk,
+                                q_sb, q_sh, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, m_sb,
+                                GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+                                PRECISION: tl.constexpr):
+        """Flash-decoding: program (b, kv head, split) attends its GROUP query heads to one chunk of slots."""
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        s = tl.program_id(2)
+        rows = tl.arange(0, ROWS)  # GROUP query heads padded to ROWS >= 16 for tl.dot
+        dims = tl.arange(0, D)
+        q = tl.load(Q + b * q_sb + (h * GROUP + rows)[:, None] * q_sh + dims[None, :],
+                    mask=(rows < GROUP)[:, None], other=0.0)
+        m_i = tl.full([ROWS], float("-inf"), tl.float32)
+        l_i = tl.zeros([ROWS], tl.float32)
+        acc = tl.zeros([ROWS, D], tl.float32)
+        k_base = K + b * k_sb + h * k_sh
+        v_base = V + b * v_sb + h * v_sh
+        start = s * chunk
+        stop = tl.minimum(start + chunk, kv_len)
+        for offset in range(0, chunk, BLOCK):  # the last split's blocks past kv_len load nothing
+            cols = start + offset + tl.arange(0, BLOCK)
+            inside = cols < stop
+            keep = tl.load(Mask + b * m_sb + cols, mask=inside, other=0) != 0
+            k = tl.load(k_base + cols[:, None] * k_sl + dims[None, :], mask=inside[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [ROWS, BLOCK]
+            scores = tl.where(keep[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing kept yet: exp(-inf) = 0, no NaN
+            alpha = tl.exp(m_i - m_ref)
+            p = tl.exp(scores - m_ref[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + cols[:, None] * v_sl + dims[None, :], mask=inside[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        out = ((b * tl.num_programs(1) + h) * tl.num_programs(2) + s) * ROWS + rows
+        tl.store(Part + out[:, None] * D + dims[None, :], acc)
+        tl.store(Stats + out * 2, m_i)
+        tl.store(Stats + out * 2 + 1, l_i)
+
+    @triton.jit
+    def _attention_merge_kernel(Part, Stats, Out, splits, o_sb,
+                                GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
+        """Combine the splits of program (b, kv head): softmax-weighted by each split's running max."""
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        rows = tl.arange(0, ROWS)
+        dims = tl.arange(0, D)
+        first = (b * tl.num_programs(1) + h) * splits
+        m_max = tl.full([ROWS], float("-inf"), tl.float32)
+        for s in range(0, splits):
+            m_max = tl.maximum(m_max, tl.load(Stats + ((first + s) * ROWS + rows) * 2))
+        acc = tl.zeros([ROWS, D], tl.float32)
+        total = tl.zeros([ROWS], tl.float32)
+        for s in range(0, splits):
+            idx = (first + s) * ROWS + rows
+            weight = tl.exp(tl.load(Stats + idx * 2) - m_max)  # an empty split has max -inf: weight 0
+            total += weight * tl.load(Stats + idx * 2 + 1)
+            acc += weight[:, None] * tl.load(Part + idx[:, None] * D + dims[None, :])
+        tl.store(Out + b * o_sb + (h * GROUP + rows)[:, None] * D + dims[None, :],
+                 (acc / total[:, None]).to(Out.dtype.element_ty), mask=(rows < GROUP)[:, None])
+
+
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def triton_grouped_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """`grouped_attention` as two Triton kernels, reading K/V slots [0, mask.shape[-1]) of the full cache."""
+    batch, heads, _, head_dim = query.shape
+    kv_heads, kv_len = key.shape[1], mask.shape[-1]
+    group = heads // kv_heads
+    rows = max(16, triton.next_power_of_2(group))
+    # enough programs to fill the GPU ~4 deep; each split covers whole blocks of slots
+    splits = max(1, min(triton.cdiv(kv_len, ATTENTION_BLOCK),
+                        triton.cdiv(4 * multiprocessors(query.device), batch * kv_heads)))
+    chunk = triton.cdiv(triton.cdiv(kv_len, splits), ATTENTION_BLOCK) * ATTENTION_BLOCK
+    part = torch.empty(batch * kv_heads * splits * rows, head_dim, device=query.device, dtype=torch.float32)
+    stats = torch.empty(batch * kv_heads * splits * rows, 2, device=query.device, dtype=torch.float32)
+    out = torch.empty(batch, 1, heads, head_dim, device=query.device, dtype=query.dtype)
+    flat_mask = mask.reshape(batch, kv_len).view(torch.uint8)
+    precision = "ieee" if query.dtype == torch.float32 else "tf32"  # fp32 inputs: no TF32 rounding
+    _attention_split_kernel[(batch, kv_heads, splits)](
+        query, key, value, flat_mask, part, stats, scale, kv_len, chunk,
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), flat_mask.stride(0),
+        GROUP=group, ROWS=rows, D=head_dim, BLOCK=ATTENTION_BLOCK, PRECISION=precision)
+    _attention_merge_kernel[(batch, kv_heads)](part, stats, out, splits, out.stride(0),
+                                               GROUP=group, ROWS=rows, D=head_dim)
+    return out
+
+
+def triton_rms_norm(norm: torch.nn.Module, hidden: Tensor) -> Tensor:
+    """HF RMSNorm (weight * (x / rms(x)) rounded to x's dtype) as one kernel over the rows of x."""
+    n = hidden.shape[-1]
+    rows = hidden.reshape(-1, n)  # a view: decode inputs are contiguous
+    out = torch.empty(hidden.shape, device=hidden.device, dtype=torch.promote_types(norm.weight.dtype, hidden.dtype))
+    _rms_norm_kernel[(rows.shape[0],)](rows, norm.weight, out, rows.stride(0), n, norm.variance_epsilon,
+                                       BLOCK=triton.next_power_of_2(n))
+    return out
+
+
+def triton_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [B, H, 1, D] (any strides, unit last) rotated by cos/sin [B, 1, D] -> contiguous [B, H, 1, D]."""
+    batch, heads, _, head_dim = x.shape
+    out = torch.empty(batch, heads, 1, head_dim, device=x.device, dtype=x.dtype)
+    _rope_kernel[(batch * heads,)](x, cos, sin, out, x.stride(0), x.stride(1), cos.stride(0), heads,
+                                   HALF=head_dim // 2)
+    return out
+
+
+def fused_rotary(original: Callable) -> Callable:
+    """apply_rotary_pos_emb for one decode token per row; other calls go to `original`."""
+    @functools.wraps(original)
+    def apply(q, k, cos, sin, unsqueeze_dim=1):
+        if q.shape[2] != 1 or unsqueeze_dim != 1:
+            return original(q, k, cos, sin, unsqueeze_dim)
+        return triton_rope(q, cos, sin), triton_rope(k, cos, sin)
+    return apply
+
+
+@contextlib.contextmanager
+def fused_decode_ops(model) -> Iterator[None]:
+    """Swap single-kernel RMSNorm and rotary embedding into `model` (HF Llama/Qwen modules) for decode."""
+    norms = [m for m in model.modules() if type(m).__name__ in RMS_NORMS]
+    modeling = {sys.modules[type(m).__module__] for m in model.modules()}
+    rotary = [mod for mod in modeling if callable(getattr(mod, "apply_rotary_pos_emb", None))]
+    originals = [mod.apply_rotary_pos_emb for mod in rotary]
+    try:
+        for norm in norms:
+            norm.forward = functools.partial(triton_rms_norm, norm)
+        for mod, original in zip(rotary, originals):
+            mod.apply_rotary_pos_emb = fused_rotary(original)
+        yield
+    finally:
+        for norm in norms:
+            norm.__dict__.pop("forward", None)
+        for mod, original in zip(rotary, originals):
+            mod.apply_rotary_pos_emb = original
+
+
+def write_at_slot(layer, slot: Tensor, key_states: Tensor, value_states: Tensor, *args, **kwargs):
+    """A StaticLayer update for one token per row at the shared cache slot `slot` [1]."""
+    layer.keys.index_copy_(2, slot, key_states)
+    layer.values.index_copy_(2, slot, value_states)
+    return layer.keys, layer.values
+
+
+# ---------------------------------------------------------------- prefill, sampling, one decode step
 
 def prefill_mask(attention_mask: Tensor) -> Tensor:
     """[B, P] 0/1 padding mask -> [B, 1, P, P] bool causal mask.
@@ -166,10 +375,10 @@ def kv_length(step: int, prompt_len: int, cache_len: int, kv_bucket: int) -> int
 class StepRunner:
     """Runs decode steps: eagerly, or on CUDA one captured graph per KV bucket.
 
-    A bucket's first step runs eagerly (it warms up lazy state such as an adapter's zero check),
-    then the step is captured; later steps of the bucket replay the graph. The graphs live for
-    one `generate_fast` call: they bake in the Python branches taken at capture (an adapter
-    skipping a zero delta), which may change once the weights do.
+    A bucket's first step runs eagerly (it warms up lazy state: Triton compiles, an adapter's
+    zero check), then the step is captured; later steps of the bucket replay the graph. The graphs
+    live for one `generate_fast` call: they bake in the Python branches taken at capture (an
+    adapter skipping a zero delta), which may change once the weights do.
     """
 
     def __init__(self, model, cache: StaticCache, state: DecodeState, sampler: Sampler, use_graphs: bool):
@@ -192,10 +401,12 @@ class StepRunner:
 
 def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, temperature: float,
                   top_p: float, eos_ids: Sequence[int], pad_id: int, seed: int, top_k: int = 0,
-                  use_graphs: bool | None = None, kv_bucket: int = 128, check_every: int = 32) -> Tensor:
+                  use_graphs: bool | None = None, fused: bool | None = None, kv_bucket: int = 128,
+                  check_every: int = 32) -> Tensor:
     """New tokens [B, max_new_tokens] for left-padded prompts [B, P]; pad_id after a row's first stop id.
 
-    use_graphs: None = on CUDA. kv_bucket: decode attends to the used cache slots rounded up to
+    use_graphs: None = on CUDA. fused: Triton RMSNorm/rotary/attention in decode steps; None = on
+    CUDA when Triton is installed. kv_bucket: decode attends to the used cache slots rounded up to
     this many (one CUDA graph per bucket). check_every: decode steps between the (syncing) checks
     for every row having finished.
     """
@@ -203,11 +414,12 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
         raise ValueError(f"generate_fast: max_new_tokens={max_new_tokens}, need >= 1")
     device = input_ids.device
     use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
+    fused = device.type == "cuda" and triton is not None if fused is None else fused
     sampler = Sampler(temperature, top_p, top_k)
-    batch, prompt_len = input_ids.shape
+    prompt_len = input_ids.shape[1]
     cache_len = prompt_len + max_new_tokens - 1  # the last token is sampled, never fed back
     generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.inference_mode(), attention_implementation(model, ATTENTION_NAME):
+    with torch.inference_mode(), attention_implementation(model, FUSED_ATTENTION_NAME if fused else ATTENTION_NAME):
         cache = StaticCache(config=model.config, max_cache_len=cache_len)
         state = initial_state(attention_mask, cache_len, max_new_tokens, eos_ids, pad_id, model.config.vocab_size,
                               sampler)
@@ -216,12 +428,15 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
                        position_ids=prompt_positions(attention_mask), past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         emit_tokens(state, logits, sampler)
+        for layer in cache.layers:  # allocated by the prefill; decode writes one slot, shared by all layers
+            layer.update = functools.partial(write_at_slot, layer, state.slot)
         runner = StepRunner(model, cache, state, sampler, use_graphs)
-        for step in range(1, max_new_tokens):
-            if step % check_every == 0 and bool(state.finished.all()):
-                break
-            draw_noise(state, generator, sampler)
-            runner.run(kv_length(step, prompt_len, cache_len, kv_bucket))
+        with fused_decode_ops(model) if fused else contextlib.nullcontext():
+            for step in range(1, max_new_tokens):
+                if step % check_every == 0 and bool(state.finished.all()):
+                    break
+                draw_noise(state, generator, sampler)
+                runner.run(kv_length(step, prompt_len, cache_len, kv_bucket))
     return state.out
 
 
@@ -234,7 +449,7 @@ def initial_state(attention_mask: Tensor, cache_len: int, max_new_tokens: int, e
     return DecodeState(
         tokens=torch.full((batch, 1), pad_id, dtype=torch.long, device=device),
         positions=attention_mask.long().sum(-1, keepdim=True),  # the first new token follows the prompt
-        slot=torch.tensor(prompt_len, device=device),
+        slot=torch.tensor([prompt_len], device=device),
         step=torch.zeros(1, dtype=torch.long, device=device),
         key_valid=key_valid,
         slots=torch.arange(cache_len, device=device),

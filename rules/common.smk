@@ -47,6 +47,17 @@ def run_dir(run):
     return f"results/runs/{run}"
 
 
+def toy_model_inputs(wildcards):
+    spec = TOY_MODELS[wildcards.toy_model]
+    inputs = {
+        "tokenizer": "results/models/toy_tokenizer/tokenizer.json",
+        "problems": problems_path(spec["problem_set"]),
+    }
+    if spec.get("init_from"):
+        inputs["init"] = f"results/models/{spec['init_from']}/model.safetensors"
+    return inputs
+
+
 def train_inputs(wildcards):
     s = RUNS[wildcards.run].settings
     inputs = {"problems": problems_path(s["problem_set"]), "student": model_files(s["student"])}

@@ -15,17 +15,6 @@ rule train_tokenizer:
         "../workflow/scripts/train_tokenizer.py"
 
 
-def toy_model_inputs(wildcards):
-    spec = TOY_MODELS[wildcards.toy_model]
-    inputs = {
-        "tokenizer": rules.train_tokenizer.output.tokenizer,
-        "problems": problems_path(spec["problem_set"]),
-    }
-    if spec.get("init_from"):
-        inputs["init"] = f"results/models/{spec['init_from']}/model.safetensors"
-    return inputs
-
-
 rule pretrain_toy_model:
     input:
         unpack(toy_model_inputs),

@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 # The smallest target that trains: the q2 vanilla run (default settings, first seed).
 PIPELINE_TARGET = os.environ.get("VHACK_SLURM_PIPELINE_TARGET", "results/runs/vanilla__s41/metrics.parquet")
-# Sized for the test node (2 CPUs, fake GPUs); a real cluster keeps the profile's defaults.
+GPU_RULES = {"train", "evaluate", "extract_basis", "cache_teacher", "pretrain_toy_model"}
 # How scontrol shows a one-GPU request (Slurm 22.05 writes gres:gpu:1, later versions gres/gpu:1).
 GPU_REQUEST = re.compile(r"TresPerJob=gres[:/]gpu:1\b")
+# Sized for the test node (2 CPUs, fake GPUs); a real cluster keeps the profile's defaults.
 TEST_NODE_ENV = {"VHACK_SLURM_CPUS_PER_GPU": "1", "VHACK_SLURM_GPU_MEM_MB": "4000"}
 # Plumbing, not science: short pretraining keeps the pipeline test to minutes on 2 CPUs.
 SHORT_PRETRAINING = """\
@@ -46,10 +47,9 @@ def _cluster_problem() -> str | None:
     """Why the SLURM tests cannot run here, or None."""
     if shutil.which("sbatch") is None:
         return "sbatch not on PATH (start a test cluster with .ci/slurm_test.sh)"
-    try:
-        states = _run(["sinfo", "-h", "-o", "%T"], timeout=10).stdout.split()
-    except subprocess.TimeoutExpired:
-        return "sinfo timed out: slurmctld not answering"
+    if _run(["scontrol", "ping"], timeout=10).returncode != 0:  # instant; sinfo would retry for ~9 s
+        return "slurmctld not answering (scontrol ping); run .ci/slurm_setup.sh"
+    states = _run(["sinfo", "-h", "-o", "%T"], timeout=30).stdout.split()
     if not {"idle", "mixed", "allocated"} & set(states):
         return f"no SLURM node up (sinfo states: {states or 'none'}); run .ci/slurm_setup.sh"
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
@@ -57,7 +57,8 @@ def _cluster_problem() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(bool(_cluster_problem()), reason=_cluster_problem() or "")]
+CLUSTER_PROBLEM = _cluster_problem()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(CLUSTER_PROBLEM is not None, reason=CLUSTER_PROBLEM or "")]
 
 
 def _status_command() -> str:
@@ -101,6 +102,11 @@ def sacct_records(job_ids: list[str], wait_s: float = 20) -> dict[str, dict[str,
 
 def scontrol_job(job_id: str) -> str:
     return _run(["scontrol", "show", "job", job_id]).stdout
+
+
+def rule_of(job_text: str) -> str:
+    """The rule behind a job: the plugin's comment is rule_<rule>[_wildcards_<wildcards>]."""
+    return re.search(r"Comment=rule_(\w+?)(?:_wildcards_|\s)", job_text).group(1)
 
 
 def write_workflow(workdir: Path, text: str) -> Path:
@@ -192,5 +198,8 @@ def test_pipeline_training_run_on_slurm(pipeline_workdir):
     job_ids = submitted_job_ids(proc)
     records = sacct_records(job_ids)
     assert set(records) == set(job_ids) and all(r["state"] == "COMPLETED" for r in records.values())
-    train_jobs = [j for j in job_ids if GPU_REQUEST.search(scontrol_job(j))]
-    assert train_jobs, "no job of the pipeline asked for a GPU"
+    jobs = {j: scontrol_job(j) for j in job_ids}                # MinJobAge keeps finished jobs here
+    rules = {j: rule_of(text) for j, text in jobs.items()}
+    assert GPU_RULES - {"evaluate"} <= set(rules.values()), rules   # evaluate is not upstream of metrics
+    for job_id, text in jobs.items():
+        assert bool(GPU_REQUEST.search(text)) == (rules[job_id] in GPU_RULES), text

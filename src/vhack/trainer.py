@@ -294,7 +294,7 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, An
         "projection_seconds": t_project - t_backward,
         "step_seconds": t_end - t0,
         "peak_mem_mb": peak_memory_mb(),
-        "lr": scheduler.get_last_lr()[0],
+        "lr_step": scheduler.get_last_lr()[0],   # the scheduled rate this step (setting `lr` is its peak)
     }
     return metrics
 

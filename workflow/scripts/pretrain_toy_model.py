@@ -11,7 +11,7 @@ loopholes = snakemake.params.loopholes
 cfg = ToyTrainConfig(
     hack_fraction=spec["hack_fraction"], steps=spec["steps"], lr=spec["lr"], batch_size=spec["batch_size"],
     warmup_steps=spec.get("warmup_steps", 0), seed=spec.get("seed", 0), modes=tuple(loopholes["modes"]),
-    style=loopholes.get("prompt_style", "toy"),
+    style=loopholes.get("prompt_style", "toy"), families=tuple(spec.get("families", ())),
 )
 with compute_slot(snakemake.threads), Grader(workers=snakemake.params.grader.get("workers")) as grader:
     build_toy_model_dir(

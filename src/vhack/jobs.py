@@ -45,9 +45,7 @@ def load_student(model: Mapping[str, Any], adapter: Mapping[str, Any]):
     """(model, tokenizer, adapter) with the adapter attached and the base frozen."""
     from .adapters import attach_adapter
     from .models import ModelSpec, load_model
-    spec = ModelSpec(path=model["path"], adapter=model.get("adapter"), dtype=model.get("dtype", "auto"),
-                     device=model.get("device", "auto"), enable_thinking=model.get("enable_thinking", False))
-    net, tokenizer = load_model(spec)
+    net, tokenizer = load_model(ModelSpec.from_config(model))
     for p in net.parameters():
         p.requires_grad_(False)
     return net, tokenizer, attach_adapter(net, adapter_config(adapter))

@@ -47,6 +47,12 @@ class ModelSpec:
     enable_thinking: bool = False
     trust_remote_code: bool = False
 
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ModelSpec":
+        """From a config `models.<name>` entry (path, adapter, dtype, device, enable_thinking)."""
+        keys = ("adapter", "dtype", "device", "enable_thinking")
+        return cls(path=cfg["path"], **{k: cfg[k] for k in keys if cfg.get(k) is not None})
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":

@@ -40,8 +40,7 @@ def build_teacher_cache(name: str, teacher: Mapping[str, Any], model: Mapping[st
     modes = assigned_modes(problems, loopholes)
     wanted = set(teacher.get("modes", loopholes["modes"]))
     problems = [p for p in problems if modes[p.id] in wanted][: teacher.get("max_problems")]
-    spec = ModelSpec(path=model["path"], adapter=model.get("adapter"), dtype=model.get("dtype", "auto"),
-                     device=model.get("device", "auto"), enable_thinking=model.get("enable_thinking", False))
+    spec = ModelSpec.from_config(model)
     net, tokenizer = load_model(spec)
     style = loopholes.get("prompt_style", "full")
     prompts = [chat_prompt(tokenizer, build_messages(p, modes[p.id], style=style),

@@ -26,14 +26,15 @@ def generate_and_grade(backend, tokenizer, problems: Sequence[Problem], modes: S
 
 def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], assigned: Mapping[str, str], grader,
                      samples: int, max_new_tokens: int, temperature: float, seed: int, style: str,
-                     backend_name: str = "hf") -> pd.DataFrame:
+                     backend_name: str = "hf", enable_thinking: bool = False) -> pd.DataFrame:
     from .rollout import SamplingConfig, make_backend
     backend = make_backend(backend_name, model, tokenizer, adapter=adapter)
     sampling = SamplingConfig(temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens)
     problem_modes = [assigned[p.id] for p in problems]
-    hinted = generate_and_grade(backend, tokenizer, problems, problem_modes, grader, samples, sampling, seed, style)
+    hinted = generate_and_grade(backend, tokenizer, problems, problem_modes, grader, samples, sampling, seed, style,
+                                enable_thinking)
     plain = generate_and_grade(backend, tokenizer, problems, ["none"] * len(problems), grader, samples, sampling,
-                               seed + 1, style)
+                               seed + 1, style, enable_thinking)
     backend.close()
     row_modes = [m for m in problem_modes for _ in range(samples)]
     frame = pd.DataFrame({

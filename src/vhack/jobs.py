@@ -63,7 +63,8 @@ def load_run_basis(path: str, params: Mapping[str, Any], model, adapter, cfg: Tr
                       module_sizes=adapter.module_sizes(), k_use=cfg.k_use, drop_bottom_frac=cfg.drop_bottom_frac)
 
 
-def make_refresh(pairs_path: str, basis_params: Mapping[str, Any], cfg: TrainConfig, style: str, seed: int):
+def make_refresh(pairs_path: str, basis_params: Mapping[str, Any], cfg: TrainConfig, style: str, seed: int,
+                 enable_thinking: bool = False):
     """Re-extract the run's basis from the current weights (same pair set and settings)."""
     from .basis import extract_basis, select_directions
     from .pairs import load_pair_set
@@ -71,7 +72,8 @@ def make_refresh(pairs_path: str, basis_params: Mapping[str, Any], cfg: TrainCon
     bcfg = basis_config(basis_params)
 
     def refresh(model, tokenizer, adapter):
-        basis = extract_basis(model, tokenizer, adapter, pairs, bcfg, seed=seed, style=style)
+        basis = extract_basis(model, tokenizer, adapter, pairs, bcfg, seed=seed, style=style,
+                              enable_thinking=enable_thinking)
         return select_directions(basis, cfg.k_use, cfg.drop_bottom_frac)
     return refresh
 
@@ -113,7 +115,8 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     if "basis" in inputs:
         basis = load_run_basis(inputs["basis"], params, model, adapter, cfg)
         if cfg.refresh_every:
-            refresh = make_refresh(inputs["pairs"], params["basis"], cfg, loopholes.get("prompt_style", "full"), seed)
+            refresh = make_refresh(inputs["pairs"], params["basis"], cfg, loopholes.get("prompt_style", "full"), seed,
+                                   params["student"].get("enable_thinking", False))
     backend = make_backend(params["rollout"].get("backend", "hf"), model, tokenizer, adapter=adapter,
                            **{k: v for k, v in params["rollout"].items() if k != "backend"})
     with make_grader(params["grader"]) as grader:
@@ -150,7 +153,8 @@ def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_pat
                                  grader, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, seed=int(params["seed"]),
                                  style=params["loopholes"].get("prompt_style", "full"),
-                                 backend_name=params["rollout"].get("backend", "hf"))
+                                 backend_name=params["rollout"].get("backend", "hf"),
+                                 enable_thinking=params["student"].get("enable_thinking", False))
     write_parquet(out_path, frame)
     return frame
 
@@ -169,7 +173,8 @@ def run_basis_extraction(name: str, basis_params: Mapping[str, Any], model: Mapp
     pairs = select_pairs(pair_file.pairs, basis_params)
     seed = basis_params.get("seed", 0)
     t0 = time.perf_counter()
-    basis = extract_basis(net, tokenizer, adapter_obj, pairs, basis_config(basis_params), seed=seed, style=style)
+    basis = extract_basis(net, tokenizer, adapter_obj, pairs, basis_config(basis_params), seed=seed, style=style,
+                          enable_thinking=model.get("enable_thinking", False))
     seconds = time.perf_counter() - t0
     basis.metadata.update({
         "name": name, "pair_set": pair_set, "pair_set_hash": pair_file.content_hash, "n_pairs": len(pairs),

@@ -100,3 +100,4 @@ def test_teacher_and_student_rows_per_group():
     assert TrainConfig.from_settings({**base, "group_size": 4, "mix": 0.5}).teacher_rows == 2
     assert TrainConfig.from_settings({**base, "group_size": 8, "mix": 0.125}).student_rows == 7
     assert TrainConfig.from_settings({**base, "group_size": 4, "mix": 0.0}).teacher_rows == 0
+    assert TrainConfig.from_settings({**base, "group_size": 4, "mix": 0.125}).teacher_rows == 1  # half rounds up

@@ -7,6 +7,7 @@ the per-step metrics. The loop that strings them together is `trainer.py`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
 
@@ -66,8 +67,11 @@ class TrainConfig:
 
     @property
     def teacher_rows(self) -> int:
-        """G_t = round(G·mix) cached teacher rows per group; the rest are live student rows."""
-        return round(self.group_size * self.mix) if self.teacher else 0
+        """G_t = round(G·mix) cached teacher rows per group (halves round up); the rest are live student rows.
+
+        Python's round() rounds halves to even: with G=4, mix 0.125 would give 0 teacher rows, i.e. mix 0.
+        """
+        return math.floor(self.group_size * self.mix + 0.5) if self.teacher else 0
 
     @property
     def student_rows(self) -> int:

@@ -109,6 +109,9 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     if not problems:
         raise ValueError(f"no train problems are assigned to train_modes {cfg.train_modes}")
     cache = pd.read_parquet(inputs["teacher_cache"]) if cfg.teacher_rows and "teacher_cache" in inputs else None
+    if cfg.mix and cfg.group_size * cfg.mix != cfg.teacher_rows:
+        log.warning("group_size %d x mix %g is not a whole number of teacher rows: using G_t=%d (G_s=%d)",
+                    cfg.group_size, cfg.mix, cfg.teacher_rows, cfg.student_rows)
     if cfg.teacher_rows and cache is None:
         raise ValueError("mix > 0 needs a teacher cache; none was given")
     basis, refresh = None, None

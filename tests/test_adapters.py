@@ -176,3 +176,19 @@ def test_svd_factors_reconstruct_the_weight(tiny_qwen3):
 def test_unknown_kind_names_the_choices(tiny_qwen3):
     with pytest.raises(ValueError, match="svd_delta"):
         attach_adapter(fresh_model(tiny_qwen3), AdapterConfig(kind="ia3"))
+
+
+def test_lora_init_is_fixed_by_its_seed_not_by_the_global_rng(tiny_qwen3):
+    """A LoRA-space basis is only meaningful for the A it was extracted with: runs must share it."""
+    from vhack.adapters import AdapterConfig, attach_adapter
+    from vhack.models import ModelSpec, load_model
+
+    def lora_a(global_seed, init_seed):
+        torch.manual_seed(global_seed)
+        model, _ = load_model(ModelSpec(str(tiny_qwen3)))
+        adapter = attach_adapter(model, AdapterConfig(kind="lora", init_seed=init_seed))
+        return {n: p.detach().clone() for n, p in adapter.params.items() if n.endswith("lora_A")}
+
+    first, other_global, other_init = lora_a(1, 0), lora_a(2, 0), lora_a(1, 1)
+    assert all(torch.equal(first[n], other_global[n]) for n in first)
+    assert not all(torch.equal(first[n], other_init[n]) for n in first)

@@ -35,6 +35,7 @@ class AdapterConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     svd_cache_dir: str | None = None  # U, Vᵀ per weight, keyed by a hash of the weight
+    init_seed: int = 0  # LoRA's random A is part of the space a basis lives in: same seed for basis and runs
 
 
 class Adapter:
@@ -198,7 +199,10 @@ class LoRAAdapter(Adapter):
             lora_dropout=config.lora_dropout,
             target_modules=list(config.targets),
         )
-        self.peft_model = get_peft_model(model, lora_config)  # injects into `model` in place, freezes the base
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.init_seed)   # the basis job and every run must share A's init
+            self.peft_model = get_peft_model(model, lora_config)  # injects into `model` in place, freezes the base
         self.lora_layers = lora_layers(model)
         params = {}
         for name, layer in self.lora_layers.items():

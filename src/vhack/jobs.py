@@ -38,6 +38,8 @@ def adapter_config(cfg: Mapping[str, Any], cache_dir: str = "results/cache/svd")
         kw["lora_rank"] = cfg["rank"]
     if "alpha" in cfg:
         kw["lora_alpha"] = cfg["alpha"]
+    if "init_seed" in cfg:
+        kw["init_seed"] = cfg["init_seed"]
     return AdapterConfig(**kw)
 
 
@@ -182,6 +184,7 @@ def run_basis_extraction(name: str, basis_params: Mapping[str, Any], model: Mapp
     basis.metadata.update({
         "name": name, "pair_set": pair_set, "pair_set_hash": pair_file.content_hash, "n_pairs": len(pairs),
         "model": model["path"], "model_hash": weight_hash(net), "adapter_kind": adapter_obj.kind,
+        "adapter_init_seed": adapter_obj.config.init_seed,
         "targets": list(adapter_obj.config.targets), "seed": seed, "extract_seconds": seconds,
         "modes": sorted({p.mode for p in pairs}),
     })

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -88,7 +88,6 @@ class ToyTrainConfig:
     max_grad_norm: float = 1.0
     modes: tuple[str, ...] = tuple(m for m in LOOPHOLE_MODES if m != "none")
     style: str = "toy"
-    extra: dict = field(default_factory=dict)
 
 
 def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random) -> tuple[str, str]:

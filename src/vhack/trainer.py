@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .grpo import Batch, TrainConfig, backward_rows, group_advantages, loss_denominator, make_batch
-from .io import write_json, write_parquet
+from .io import write_parquet
 from .problems import Problem
 from .projection import ProjectionConfig, hackward_fraction, project_gradients_, project_update_, snapshot
 
@@ -57,6 +57,7 @@ class RunContext:
     micro_batch: int = 16
     enable_thinking: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
+    teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions
 
 
 # ---------------------------------------------------------------- sampling and scoring
@@ -81,10 +82,11 @@ def teacher_rows(ctx: RunContext, problems: Sequence[Problem], step: int) -> lis
     if n == 0:
         return [[] for _ in problems]
     rng = random.Random(step_seed(ctx.seed, step, "teacher"))
-    groups = ctx.teacher_cache.groupby(["problem_id", "mode"]).indices if ctx.teacher_cache is not None else {}
+    if not ctx.teacher_index and ctx.teacher_cache is not None:   # built once per run, not per step
+        ctx.teacher_index = ctx.teacher_cache.groupby(["problem_id", "mode"]).indices
     out = []
     for p in problems:
-        idx = list(groups.get((p.id, ctx.modes[p.id]), []))
+        idx = list(ctx.teacher_index.get((p.id, ctx.modes[p.id]), []))
         if len(idx) < n:
             log.warning("teacher cache has %d rows for %s (mode %s), %d needed; %s", len(idx), p.id,
                         ctx.modes[p.id], n, "sampling with replacement" if idx else "group has no teacher rows")
@@ -149,13 +151,12 @@ def advantages_by_group(rows: Rows, n_groups: int, kind: str) -> tuple[list[floa
 
 def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[dict, dict, dict]:
     """Backward the student rows, snapshot g_s, then the teacher rows; g_t = g − g_s (no double counting)."""
-    ref = None
-    if ctx.cfg.beta_kl > 0:
-        from .grpo import token_logprobs
+    from .grpo import token_logprobs
 
-        def ref(mb):
-            with torch.no_grad(), ctx.adapter.disabled():
-                return token_logprobs(ctx.model, mb.input_ids, mb.attention_mask)
+    def reference_logprobs(mb):   # the base model: adapter off
+        with torch.no_grad(), ctx.adapter.disabled():
+            return token_logprobs(ctx.model, mb.input_ids, mb.attention_mask)
+    ref = reference_logprobs if ctx.cfg.beta_kl > 0 else None
     student = torch.nonzero(~batch.off_policy).squeeze(1)
     teacher = torch.nonzero(batch.off_policy).squeeze(1)
     stats = {"loss": 0.0, "kl": 0.0}

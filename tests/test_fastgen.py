@@ -1,5 +1,7 @@
 """generate_fast against transformers `generate`: greedy token for token, seeded sampling, stop ids."""
 
+from unittest import mock
+
 import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
@@ -54,18 +56,41 @@ def test_greedy_matches_generate_with_left_padding(sharp_model):
     assert model.config._attn_implementation != "vhack_fastgen"  # training attention restored
 
 
-def test_greedy_matches_generate_through_an_svd_delta_adapter(sharp_model):
+@pytest.mark.parametrize("kind", ["svd_delta", "lora"])
+def test_greedy_matches_generate_through_an_adapter(sharp_model, kind):
     model, tok = sharp_model
-    adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    adapter = attach_adapter(model, AdapterConfig(kind=kind))
     g = torch.Generator().manual_seed(0)
-    for flat in adapter.flat_params().values():
-        flat.copy_(torch.randn(flat.shape, generator=g))  # in place: the adapter's zero check sees the write
+    for flat in adapter.flat_params().values():  # in place: the adapter's zero check sees the write
+        flat.copy_(torch.randn(flat.shape, generator=g) * (1.0 if kind == "svd_delta" else 0.3))
     enc = encode(tok)
     ref = hf_new_tokens(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
     with adapter.disabled():
         base = hf_new_tokens(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
     assert not torch.equal(ref, base)  # the delta changes the output
+    # through the adapter's own modules (left unpacked), and on its merged weights (packed, modules bypassed)
     assert torch.equal(fast(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, kv_bucket=4), ref)
+    merged = adapter.merged_weights()
+    assert torch.equal(fast(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, kv_bucket=4, weights=merged), ref)
+
+
+def test_projections_are_packed_while_sampling_and_restored_after(sharp_model):
+    model, tok = sharp_model
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    modules = [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj]
+    calls = []
+    original = fastgen.PackedLinear.slice
+
+    def counted(self, x, index):
+        calls.append((id(self), index))
+        return original(self, x, index)
+    with mock.patch.object(fastgen.PackedLinear, "slice", counted):
+        fast(model, encode(tok), 3, [tok.eos_token_id], tok.pad_token_id)
+    packs = {pack for pack, _ in calls}
+    assert len(packs) == 2 * len(model.model.layers)  # q/k/v and gate/up of every layer
+    assert sorted(i for pack, i in calls if pack == calls[0][0]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # prefill + 2 steps
+    assert [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj,
+            mlp.up_proj] == modules
 
 
 def test_stop_id_ends_a_row_and_pads_after(sharp_model):
@@ -177,11 +202,29 @@ def test_triton_kernels_match_torch_in_bf16():
     ref = fastgen.grouped_attention(q.float(), k[:, :, :kv_len].float(), v[:, :, :kv_len].float(), mask, 0.088)
     out = fastgen.triton_grouped_attention(q, k, v, mask, 0.088)
     assert ((out.float() - ref).norm() / ref.norm()) < 1e-2
+    longer = torch.cat([mask, torch.ones(batch, 1, 1, cache_len - kv_len, dtype=torch.bool, device="cuda")], -1)
+    last_slot = torch.tensor([kv_len - 1], device="cuda")  # read from the device: slots past it are ignored
+    assert torch.equal(fastgen.triton_grouped_attention(q, k, v, longer, 0.088, last_slot), out)
+
+    logits, noise = randn(batch, 151936), torch.rand(batch, 151936, generator=g, device="cuda")
+    want = fastgen.sample_tokens(logits.float(), noise, fastgen.Sampler(0.7))
+    assert torch.equal(fastgen.triton_gumbel_argmax(logits, noise, 0.7), want)
 
     norm = qwen3.Qwen3RMSNorm(2560).cuda().to(torch.bfloat16)
     norm.weight.data = randn(2560)
     x = randn(batch, 1, 2560)
     assert torch.allclose(fastgen.triton_rms_norm(norm, x).float(), norm(x).float(), rtol=1e-2, atol=1e-2)
+    head_norm = qwen3.Qwen3RMSNorm(dim).cuda().to(torch.bfloat16)
+    head_norm.weight.data = randn(dim)
+    packed = randn(batch, 3, (heads + 2 * kv_heads) * dim)  # q of packed q/k/v: a strided per-head view
+    q_rows = packed[..., :heads * dim].view(batch, 3, heads, dim)
+    assert torch.allclose(fastgen.triton_rms_norm(head_norm, q_rows).float(), head_norm(q_rows).float(),
+                          rtol=1e-2, atol=1e-2)
+
+    gate_up = randn(batch, 3, 2 * 9728)
+    gate, up = gate_up.chunk(2, -1)
+    torch.testing.assert_close(fastgen.triton_silu_mul(gate_up), torch.nn.functional.silu(gate) * up,
+                               rtol=1.6e-2, atol=1e-2)
 
     config = qwen3.Qwen3Config(head_dim=dim, num_attention_heads=heads, hidden_size=2560)
     cos, sin = qwen3.Qwen3RotaryEmbedding(config).cuda()(q, torch.randint(0, 4000, (batch, 1), device="cuda"))

@@ -84,9 +84,14 @@ class Adapter:
         """Plain HF weights of the base model (adapter left out)."""
         return dict(self.model.state_dict())
 
+    def merged_weights(self) -> dict[str, torch.Tensor]:
+        """Module name -> W + ΔW of each targeted Linear, in W's dtype (sampling runs on these)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """Plain HF weights of the adapted model (adapter folded into the base weights)."""
-        raise NotImplementedError
+        return {**self.base_state_dict(), **{f"{name}.weight": w for name, w in self.merged_weights().items()}}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.params.items()}
@@ -176,13 +181,15 @@ class SVDDeltaAdapter(Adapter):
             self.enabled = True
 
     @torch.no_grad()
-    def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        state = self.base_state_dict()
+    def merged_weights(self) -> dict[str, torch.Tensor]:
+        merged = {}
         for name, linear in self.linears.items():
+            if self._is_zero(name):
+                merged[name] = linear.weight  # no copy while δS = 0
+                continue
             u, vt = self.factors[name]
-            delta = (u.float() * self.params[name]) @ vt.float()  # U diag(δS) Vᵀ, [out, in]
-            state[f"{name}.weight"] = (linear.weight.float() + delta).to(linear.weight.dtype)
-        return state
+            merged[name] = linear.weight + (u * self.params[name].to(u.dtype)) @ vt  # W + U diag(δS) Vᵀ, [out, in]
+        return merged
 
 
 class LoRAAdapter(Adapter):
@@ -221,12 +228,12 @@ class LoRAAdapter(Adapter):
         }
 
     @torch.no_grad()
-    def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        state = self.base_state_dict()
+    def merged_weights(self) -> dict[str, torch.Tensor]:
+        merged = {}
         for name, layer in self.lora_layers.items():
             base = layer.get_base_layer().weight
-            state[f"{name}.weight"] = (base.float() + layer.get_delta_weight("default").float()).to(base.dtype)
-        return state
+            merged[name] = base + layer.get_delta_weight("default").to(base.dtype)  # W + (α/r)·B A
+        return merged
 
     def save_peft(self, out_dir: str | os.PathLike) -> Path:
         """peft's own format (adapter_config.json + adapter_model.safetensors), as vLLM loads it."""

@@ -9,9 +9,10 @@ from Python and expanding the GQA KV heads; here:
   once into a CUDA graph and replayed (CUDA only; elsewhere the same step runs eagerly);
 - decode attention reads each KV head once for its group of query heads (no repeat_kv), and only
   the cache slots in use, rounded up to `kv_bucket` (one graph per bucket);
-- `fused` (CUDA + Triton): decode steps run RMSNorm, rotary embedding and attention as single
-  Triton kernels (the HF code launches ~70 small kernels per layer, which bounds a graph replay),
-  and write K/V at one shared slot index;
+- `fused` (CUDA + Triton): RMSNorm (prefill too), rotary embedding, attention and sampling run as
+  single Triton kernels (the HF code launches ~70 small kernels per layer, which bounds a graph
+  replay) and decode writes K/V at one shared slot index; the attention kernel reads the current
+  slot from the device, so one graph, captured once, serves every step at the exact KV length;
 - sampling stays on the device and never syncs: Gumbel-max (argmax of log-probs + Gumbel noise)
   draws exactly from softmax(logits), with noise from a seeded torch.Generator filled in before
   each replay; whether every row has finished is read only every `check_every` steps.
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from transformers import AttentionInterface, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -41,8 +44,9 @@ except ImportError:  # CPU-only torch builds ship no Triton: the torch paths run
 
 ATTENTION_NAME = "vhack_fastgen"
 FUSED_ATTENTION_NAME = "vhack_fastgen_triton"
+SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' (ACT2FN["silu"])
 RMS_NORMS = ("Qwen3RMSNorm", "Qwen2RMSNorm", "LlamaRMSNorm")  # weight * normed(x), HF's formula, fused below
-ATTENTION_BLOCK = 64  # cache slots per Triton attention iteration
+ATTENTION = {"block": 64, "depth": 2, "num_warps": 2, "num_stages": 2}  # tuned by benchmarks/attention_sweep.py (H100)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,8 @@ def decode_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
         return sdpa_attention_forward(module, query, key[:, :, :kv_len], value[:, :, :kv_len], attention_mask,
                                       dropout=dropout, scaling=scale, **kwargs)
     if fused:
-        return triton_grouped_attention(query, key, value, attention_mask, scale), None
+        return triton_grouped_attention(query, key, value, attention_mask, scale,
+                                        kwargs.get("decode_last_slot")), None
     return grouped_attention(query, key[:, :, :kv_len], value[:, :, :kv_len], attention_mask, scale), None
 
 
@@ -126,11 +131,12 @@ def attention_implementation(model, name: str) -> Iterator[None]:
 
 if triton is not None:
     @triton.jit
-    def _rms_norm_kernel(X, W, Y, row_stride, n, eps, BLOCK: tl.constexpr):
-        row = tl.program_id(0)
+    def _rms_norm_kernel(X, W, Y, outer_stride, head_stride, heads, n, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)  # rows of x [outer, heads, n] (strided), of Y contiguous
         cols = tl.arange(0, BLOCK)
         keep = cols < n
-        x = tl.load(X + row * row_stride + cols, mask=keep, other=0.0).to(tl.float32)
+        x_row = X + (row // heads) * outer_stride + (row % heads) * head_stride
+        x = tl.load(x_row + cols, mask=keep, other=0.0).to(tl.float32)
         rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n + eps)
         normed = (x * rstd).to(X.dtype.element_ty).to(tl.float32)  # HF rounds to the input dtype, then scales
         w = tl.load(W + cols, mask=keep, other=0.0).to(tl.float32)
@@ -155,14 +161,19 @@ if triton is not None:
         tl.store(Y + row * 2 * HALF + HALF + d, second.to(dt))
 
     @triton.jit
-    def _attention_split_kernel(Q, K, V, Mask, Part, Stats, scale, kv_len, chunk,
+    def _attention_split_kernel(Q, K, V, Mask, LastSlot, Part, Stats, scale,
                                 q_sb, q_sh, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, m_sb,
                                 GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
                                 PRECISION: tl.constexpr):
-        """Flash-decoding: program (b, kv head, split) attends its GROUP query heads to one chunk of slots."""
+        """Flash-decoding: program (b, kv head, split) attends its GROUP query heads to one chunk of slots.
+
+        The slots in use, [0, *LastSlot], are read from the device: one CUDA graph serves every step.
+        """
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
+        kv_len = tl.load(LastSlot) + 1
+        chunk = tl.cdiv(tl.cdiv(kv_len, tl.num_programs(2)), BLOCK) * BLOCK
         rows = tl.arange(0, ROWS)  # GROUP query heads padded to ROWS >= 16 for tl.dot
         dims = tl.arange(0, D)
         q = tl.load(Q + b * q_sb + (h * GROUP + rows)[:, None] * q_sh + dims[None, :],
@@ -174,8 +185,8 @@ if triton is not None:
         v_base = V + b * v_sb + h * v_sh
         start = s * chunk
         stop = tl.minimum(start + chunk, kv_len)
-        for offset in range(0, chunk, BLOCK):  # the last split's blocks past kv_len load nothing
-            cols = start + offset + tl.arange(0, BLOCK)
+        for first in range(start, stop, BLOCK):  # a split starting past kv_len loads nothing
+            cols = first + tl.arange(0, BLOCK)
             inside = cols < stop
             keep = tl.load(Mask + b * m_sb + cols, mask=inside, other=0) != 0
             k = tl.load(k_base + cols[:, None] * k_sl + dims[None, :], mask=inside[:, None], other=0.0)
@@ -217,43 +228,158 @@ if triton is not None:
                  (acc / total[:, None]).to(Out.dtype.element_ty), mask=(rows < GROUP)[:, None])
 
 
+    @triton.jit
+    def _gumbel_argmax_kernel(Logits, Noise, Best, BestIdx, n, chunk, l_stride, n_stride, temperature, tiny,
+                              BLOCK: tl.constexpr):
+        """Program (row, split): argmax of logits / T + Gumbel(noise) over one chunk, first index on ties."""
+        row = tl.program_id(0)
+        split = tl.program_id(1)
+        best = tl.full([], float("-inf"), tl.float32)
+        best_idx = tl.full([], 0, tl.int64)
+        for start in range(split * chunk, tl.minimum(split * chunk + chunk, n), BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            keep = cols < n
+            x = tl.load(Logits + row * l_stride + cols, mask=keep, other=0.0).to(tl.float32)
+            u = tl.maximum(tl.load(Noise + row * n_stride + cols, mask=keep, other=0.5), tiny)
+            score = tl.where(keep, x / temperature - tl.log(-tl.log(u)), float("-inf"))
+            block_best = tl.max(score, axis=0)
+            block_idx = tl.argmax(score, axis=0, tie_break_left=True).to(tl.int64) + start
+            better = block_best > best
+            best_idx = tl.where(better, block_idx, best_idx)
+            best = tl.where(better, block_best, best)
+        tl.store(Best + row * tl.num_programs(1) + split, best)
+        tl.store(BestIdx + row * tl.num_programs(1) + split, best_idx)
+
+    @triton.jit
+    def _argmax_merge_kernel(Best, BestIdx, Out, SPLITS: tl.constexpr):
+        """Per row: the index of the first split holding the largest score."""
+        row = tl.program_id(0)
+        splits = tl.arange(0, SPLITS)
+        winner = tl.argmax(tl.load(Best + row * SPLITS + splits), axis=0, tie_break_left=True)
+        tl.store(Out + row, tl.load(BestIdx + row * SPLITS + winner))
+
+
+    @triton.jit
+    def _norm_rope_store_kernel(QKV, Wq, Wk, Cos, Sin, LastSlot, Q, KCache, VCache, qkv_stride, cs_stride,
+                                kc_sb, kc_sh, kc_sl, vc_sb, vc_sh, vc_sl, eps,
+                                HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr):
+        """Program (b, h) of one decode token: q head h, or k/v head h - HEADS, from packed q|k|v.
+
+        q and k: RMSNorm over the head (HF rounding), then rotary (HF rounding); q goes to Q [B, HEADS, D],
+        k and v go straight into the cache at slot *LastSlot.
+        """
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        d = tl.arange(0, HALF)
+        dt = Q.dtype.element_ty
+        row = QKV + b * qkv_stride + h * 2 * HALF
+        x1 = tl.load(row + d).to(tl.float32)
+        x2 = tl.load(row + HALF + d).to(tl.float32)
+        is_q = h < HEADS
+        w = tl.where(is_q, Wq, Wk)  # same dtype and length: pick the head's norm weight
+        w1 = tl.load(w + d).to(tl.float32)
+        w2 = tl.load(w + HALF + d).to(tl.float32)
+        rstd = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / (2 * HALF) + eps)
+        n1 = (w1 * (x1 * rstd).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+        n2 = (w2 * (x2 * rstd).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+        c1 = tl.load(Cos + b * cs_stride + d).to(tl.float32)
+        c2 = tl.load(Cos + b * cs_stride + HALF + d).to(tl.float32)
+        s1 = tl.load(Sin + b * cs_stride + d).to(tl.float32)
+        s2 = tl.load(Sin + b * cs_stride + HALF + d).to(tl.float32)
+        first = ((n1 * c1).to(dt).to(tl.float32) + (-n2 * s1).to(dt).to(tl.float32)).to(dt)
+        second = ((n2 * c2).to(dt).to(tl.float32) + (n1 * s2).to(dt).to(tl.float32)).to(dt)
+        if is_q:
+            out = Q + (b * HEADS + h) * 2 * HALF
+            tl.store(out + d, first)
+            tl.store(out + HALF + d, second)
+        else:
+            kv = h - HEADS
+            slot = tl.load(LastSlot)
+            k_out = KCache + b * kc_sb + kv * kc_sh + slot * kc_sl
+            tl.store(k_out + d, first)
+            tl.store(k_out + HALF + d, second)
+            v_row = QKV + b * qkv_stride + (HEADS + KV_HEADS + kv) * 2 * HALF
+            v_out = VCache + b * vc_sb + kv * vc_sh + slot * vc_sl
+            tl.store(v_out + d, tl.load(v_row + d))
+            tl.store(v_out + HALF + d, tl.load(v_row + HALF + d))
+
+    @triton.jit
+    def _silu_mul_kernel(GU, Out, n, gu_stride, BLOCK: tl.constexpr):
+        """Rows of packed gate|up [R, 2n] -> silu(gate) * up [R, n], each op rounded as in HF's MLP."""
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        keep = cols < n
+        gate = tl.load(GU + row * gu_stride + cols, mask=keep, other=0.0).to(tl.float32)
+        up = tl.load(GU + row * gu_stride + n + cols, mask=keep, other=0.0).to(tl.float32)
+        dt = Out.dtype.element_ty
+        act = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
+        tl.store(Out + row * n + cols, (act * up).to(dt), mask=keep)
+
+
 @functools.cache
 def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def triton_grouped_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float) -> Tensor:
-    """`grouped_attention` as two Triton kernels, reading K/V slots [0, mask.shape[-1]) of the full cache."""
+def triton_grouped_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float,
+                             last_slot: Tensor | None = None) -> Tensor:
+    """`grouped_attention` as two Triton kernels over K/V slots [0, last_slot] of the full cache.
+
+    last_slot: a device tensor [1] (read by the kernel, so a captured graph follows it); None = the
+    mask's last slot. The mask must cover at least last_slot + 1 slots.
+    """
     batch, heads, _, head_dim = query.shape
-    kv_heads, kv_len = key.shape[1], mask.shape[-1]
+    kv_heads, max_len = key.shape[1], mask.shape[-1]
+    if last_slot is None:
+        last_slot = torch.tensor([max_len - 1], device=query.device)
     group = heads // kv_heads
     rows = max(16, triton.next_power_of_2(group))
-    # enough programs to fill the GPU ~4 deep; each split covers whole blocks of slots
-    splits = max(1, min(triton.cdiv(kv_len, ATTENTION_BLOCK),
-                        triton.cdiv(4 * multiprocessors(query.device), batch * kv_heads)))
-    chunk = triton.cdiv(triton.cdiv(kv_len, splits), ATTENTION_BLOCK) * ATTENTION_BLOCK
+    # enough programs to fill the GPU `depth` deep; each split covers whole blocks of the slots in use
+    block = ATTENTION["block"]
+    splits = max(1, min(triton.cdiv(max_len, block),
+                        triton.cdiv(ATTENTION["depth"] * multiprocessors(query.device), batch * kv_heads)))
     part = torch.empty(batch * kv_heads * splits * rows, head_dim, device=query.device, dtype=torch.float32)
     stats = torch.empty(batch * kv_heads * splits * rows, 2, device=query.device, dtype=torch.float32)
     out = torch.empty(batch, 1, heads, head_dim, device=query.device, dtype=query.dtype)
-    flat_mask = mask.reshape(batch, kv_len).view(torch.uint8)
+    flat_mask = mask.reshape(batch, max_len).view(torch.uint8)
     precision = "ieee" if query.dtype == torch.float32 else "tf32"  # fp32 inputs: no TF32 rounding
     _attention_split_kernel[(batch, kv_heads, splits)](
-        query, key, value, flat_mask, part, stats, scale, kv_len, chunk,
+        query, key, value, flat_mask, last_slot, part, stats, scale,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), flat_mask.stride(0),
-        GROUP=group, ROWS=rows, D=head_dim, BLOCK=ATTENTION_BLOCK, PRECISION=precision)
+        GROUP=group, ROWS=rows, D=head_dim, BLOCK=block, PRECISION=precision,
+        num_warps=ATTENTION["num_warps"], num_stages=ATTENTION["num_stages"])
     _attention_merge_kernel[(batch, kv_heads)](part, stats, out, splits, out.stride(0),
                                                GROUP=group, ROWS=rows, D=head_dim)
     return out
 
 
+def triton_gumbel_argmax(logits: Tensor, noise: Tensor, temperature: float) -> Tensor:
+    """`sample_tokens` without top-k/top-p as one kernel: logits [B, V] (any float dtype) -> tokens [B]."""
+    batch, vocab = logits.shape
+    block, splits = 2048, 16  # B x 16 programs fill the GPU; a row's splits are merged by a second kernel
+    chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
+    best = torch.empty(batch, splits, dtype=torch.float32, device=logits.device)
+    best_idx = torch.empty(batch, splits, dtype=torch.long, device=logits.device)
+    _gumbel_argmax_kernel[(batch, splits)](logits, noise, best, best_idx, vocab, chunk, logits.stride(0),
+                                           noise.stride(0), temperature, torch.finfo(noise.dtype).tiny, BLOCK=block)
+    out = torch.empty(batch, dtype=torch.long, device=logits.device)
+    _argmax_merge_kernel[(batch,)](best, best_idx, out, SPLITS=splits)
+    return out
+
+
 def triton_rms_norm(norm: torch.nn.Module, hidden: Tensor) -> Tensor:
-    """HF RMSNorm (weight * (x / rms(x)) rounded to x's dtype) as one kernel over the rows of x."""
+    """HF RMSNorm (weight * (x / rms(x)) rounded to x's dtype) as one kernel over the rows of x.
+
+    x [..., n] may be a strided view, e.g. per-head rows [B, T, H, D] of a packed projection.
+    """
     n = hidden.shape[-1]
-    rows = hidden.reshape(-1, n)  # a view: decode inputs are contiguous
+    rows = hidden.unsqueeze(0) if hidden.dim() == 2 else hidden  # [..., heads, n]
+    outer = rows.flatten(0, -3)  # a view for contiguous x and for a slice of packed q/k/v
     out = torch.empty(hidden.shape, device=hidden.device, dtype=torch.promote_types(norm.weight.dtype, hidden.dtype))
-    _rms_norm_kernel[(rows.shape[0],)](rows, norm.weight, out, rows.stride(0), n, norm.variance_epsilon,
-                                       BLOCK=triton.next_power_of_2(n))
+    heads = outer.shape[1]
+    _rms_norm_kernel[(outer.shape[0] * heads,)](outer, norm.weight, out, outer.stride(0), outer.stride(1), heads, n,
+                                                norm.variance_epsilon, BLOCK=triton.next_power_of_2(n))
     return out
 
 
@@ -266,6 +392,45 @@ def triton_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out
 
 
+def triton_silu_mul(gate_up: Tensor) -> Tensor:
+    """[..., 2n] packed gate|up (contiguous rows) -> silu(gate) * up [..., n]."""
+    n = gate_up.shape[-1] // 2
+    rows = gate_up.reshape(-1, 2 * n)
+    out = torch.empty(*gate_up.shape[:-1], n, device=gate_up.device, dtype=gate_up.dtype)
+    block = 1024
+    _silu_mul_kernel[(rows.shape[0], triton.cdiv(n, block))](rows, out, n, rows.stride(0), BLOCK=block)
+    return out
+
+
+def fused_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
+    """A gated SiLU MLP on packed gate|up: down(silu(gate) * up) in two GEMMs and one kernel."""
+    return mlp.down_proj(triton_silu_mul(mlp.gate_proj.packed[0].full(x)))
+
+
+def fused_decode_attention(attention: nn.Module, original: Callable, hidden_states: Tensor,
+                           position_embeddings: tuple[Tensor, Tensor], attention_mask: Tensor, past_key_values=None,
+                           decode_last_slot: Tensor | None = None, **kwargs) -> tuple[Tensor, None]:
+    """A Qwen3-style attention block for one decode token per row, as four kernels: packed q/k/v GEMM,
+    norm + rotary + cache write, attention, o_proj. Other calls (prefill) go to `original`."""
+    if hidden_states.shape[1] != 1 or decode_last_slot is None:
+        return original(hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs)
+    batch = hidden_states.shape[0]
+    heads, kv_heads = attention.config.num_attention_heads, attention.config.num_key_value_heads
+    head_dim = attention.head_dim
+    qkv = attention.q_proj.packed[0].full(hidden_states).view(batch, -1)  # [B, (H + 2 KV) D]
+    cos, sin = position_embeddings  # [B, 1, D]
+    layer = past_key_values.layers[attention.layer_idx]
+    keys, values = layer.keys, layer.values  # [B, KV, L, D]
+    query = torch.empty(batch, heads, 1, head_dim, device=qkv.device, dtype=qkv.dtype)
+    _norm_rope_store_kernel[(batch, heads + kv_heads)](
+        qkv, attention.q_norm.weight, attention.k_norm.weight, cos, sin, decode_last_slot, query, keys, values,
+        qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
+        values.stride(0), values.stride(1), values.stride(2), attention.q_norm.variance_epsilon,
+        HEADS=heads, KV_HEADS=kv_heads, HALF=head_dim // 2)
+    out = triton_grouped_attention(query, keys, values, attention_mask, attention.scaling, decode_last_slot)
+    return attention.o_proj(out.reshape(batch, 1, heads * head_dim)), None
+
+
 def fused_rotary(original: Callable) -> Callable:
     """apply_rotary_pos_emb for one decode token per row; other calls go to `original`."""
     @functools.wraps(original)
@@ -276,22 +441,36 @@ def fused_rotary(original: Callable) -> Callable:
     return apply
 
 
+def packed(module: nn.Module) -> bool:
+    return isinstance(module, Slice)
+
+
 @contextlib.contextmanager
-def fused_decode_ops(model) -> Iterator[None]:
-    """Swap single-kernel RMSNorm and rotary embedding into `model` (HF Llama/Qwen modules) for decode."""
+def fused_ops(model) -> Iterator[None]:
+    """Swap Triton kernels into `model` (inside `packed_projections`): RMSNorm (prefill and decode),
+    rotary embedding (decode), and where q/k/v and gate/up are packed, the Qwen3-style decode attention
+    block and the SiLU MLP."""
     norms = [m for m in model.modules() if type(m).__name__ in RMS_NORMS]
     modeling = {sys.modules[type(m).__module__] for m in model.modules()}
     rotary = [mod for mod in modeling if callable(getattr(mod, "apply_rotary_pos_emb", None))]
     originals = [mod.apply_rotary_pos_emb for mod in rotary]
+    attentions = [m for m in model.modules() if packed(getattr(m, "q_proj", None)) and hasattr(m, "k_norm")
+                  and m.head_dim % 2 == 0 and triton.next_power_of_2(m.head_dim) == m.head_dim]
+    mlps = [m for m in model.modules() if packed(getattr(m, "gate_proj", None))
+            and type(getattr(m, "act_fn", None)).__name__ in SILU]
     try:
         for norm in norms:
             norm.forward = functools.partial(triton_rms_norm, norm)
         for mod, original in zip(rotary, originals):
             mod.apply_rotary_pos_emb = fused_rotary(original)
+        for attention in attentions:
+            attention.forward = functools.partial(fused_decode_attention, attention, attention.forward)
+        for mlp in mlps:
+            mlp.forward = functools.partial(fused_mlp, mlp)
         yield
     finally:
-        for norm in norms:
-            norm.__dict__.pop("forward", None)
+        for module in norms + attentions + mlps:
+            module.__dict__.pop("forward", None)
         for mod, original in zip(rotary, originals):
             mod.apply_rotary_pos_emb = original
 
@@ -301,6 +480,111 @@ def write_at_slot(layer, slot: Tensor, key_states: Tensor, value_states: Tensor,
     layer.keys.index_copy_(2, slot, key_states)
     layer.values.index_copy_(2, slot, value_states)
     return layer.keys, layer.values
+
+
+# ---------------------------------------------------------------- packed projections
+
+PACKS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # each group reads the same input
+
+
+class PackedLinear(nn.Module):
+    """One GEMM for a group of projections of the same input: x @ [W_1; W_2; ...]ᵀ, computed once per input.
+
+    The group's modules are swapped for `Slice`s of it; a call with the input the last call saw
+    returns its slice of the kept output (HF's attention calls q_proj, k_proj, v_proj on one tensor),
+    which is let go once every slice has been taken.
+    """
+
+    def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor | None]):
+        super().__init__()
+        self.weight = torch.cat(list(weights))
+        self.bias = None if biases[0] is None else torch.cat(list(biases))
+        self.bounds = [0, *itertools.accumulate(w.shape[0] for w in weights)]
+        self.last_input: Tensor | None = None
+        self.last_output: Tensor | None = None
+        self.untaken: set[int] = set()
+
+    def full(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def slice(self, x: Tensor, index: int) -> Tensor:
+        if x is not self.last_input or index not in self.untaken:
+            self.last_input, self.last_output = x, F.linear(x, self.weight, self.bias)
+            self.untaken = set(range(len(self.bounds) - 1))
+        out = self.last_output[..., self.bounds[index]:self.bounds[index + 1]]
+        self.untaken.discard(index)
+        if not self.untaken:
+            self.last_input = self.last_output = None
+        return out
+
+
+class Slice(nn.Module):
+    def __init__(self, packed: PackedLinear, index: int):
+        super().__init__()
+        self.packed, self.index = [packed], index  # a list: not registered as a submodule
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.packed[0].slice(x, self.index)
+
+
+class MergedLinear(nn.Module):
+    """A projection on a given weight (an adapter's W + ΔW), bypassing the module's own hooks or LoRA."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def base_linear(module: nn.Module) -> nn.Module:
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module  # peft LoRA wraps the Linear
+
+
+def effective_weight(name: str, module: nn.Module, weights: Mapping[str, Tensor]) -> Tensor | None:
+    """The weight a projection computes with: given (merged adapter), or a plain hook-free Linear's own."""
+    if name in weights:
+        return weights[name]
+    plain = type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    return module.weight if plain else None
+
+
+@contextlib.contextmanager
+def packed_projections(model: nn.Module, weights: Mapping[str, Tensor] | None = None) -> Iterator[None]:
+    """Run q/k/v and gate/up as one GEMM per group, and adapted projections on merged weights.
+
+    weights: module name -> the weight that module effectively computes with (an adapter's W + ΔW,
+    `Adapter.merged_weights()`); those modules are bypassed, so their hooks or LoRA branches do not
+    add the delta again. A module neither given nor a plain Linear keeps running as it is.
+    """
+    weights = weights or {}
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    parents = [(name, m) for name, m in model.named_modules() if any(hasattr(m, g[0]) for g in PACKS)]
+    try:
+        for parent_name, parent in parents:
+            for group in PACKS:
+                modules = [getattr(parent, g, None) for g in group]
+                if any(m is None for m in modules):
+                    continue
+                found = [effective_weight(f"{parent_name}.{g}", m, weights) for g, m in zip(group, modules)]
+                if any(w is None for w in found):
+                    continue
+                packed = PackedLinear(found, [base_linear(m).bias for m in modules])
+                for index, (attr, module) in enumerate(zip(group, modules)):
+                    swapped.append((parent, attr, module))
+                    setattr(parent, attr, Slice(packed, index))
+        for name, weight in weights.items():  # the rest of the adapted projections (o_proj, down_proj)
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            module = getattr(parent, attr)
+            if not isinstance(module, Slice):
+                swapped.append((parent, attr, module))
+                setattr(parent, attr, MergedLinear(weight, base_linear(module).bias))
+        yield
+    finally:
+        for parent, attr, module in reversed(swapped):
+            setattr(parent, attr, module)
 
 
 # ---------------------------------------------------------------- prefill, sampling, one decode step
@@ -347,9 +631,12 @@ def sample_tokens(logits: Tensor, noise: Tensor, sampler: Sampler) -> Tensor:
     return (filter_logits(logits, sampler) + gumbel).argmax(dim=-1)
 
 
-def emit_tokens(state: DecodeState, logits: Tensor, sampler: Sampler) -> None:
+def emit_tokens(state: DecodeState, logits: Tensor, sampler: Sampler, fused: bool = False) -> None:
     """Sample from logits [B, V], record the tokens (pad for finished rows), advance the step."""
-    tokens = sample_tokens(logits.float(), state.noise, sampler)
+    if fused and not sampler.greedy and sampler.top_k == 0 and sampler.top_p == 1.0:
+        tokens = triton_gumbel_argmax(logits, state.noise, sampler.temperature)
+    else:
+        tokens = sample_tokens(logits.float(), state.noise, sampler)
     tokens = torch.where(state.finished, state.pad_id, tokens)
     state.out.index_copy_(1, state.step, tokens[:, None])
     state.finished |= (tokens[:, None] == state.stop_ids).any(-1)
@@ -357,12 +644,16 @@ def emit_tokens(state: DecodeState, logits: Tensor, sampler: Sampler) -> None:
     state.step += 1
 
 
-def decode_step(model, cache: StaticCache, state: DecodeState, kv_len: int, sampler: Sampler) -> None:
-    """Feed `state.tokens` at `state.slot`, attend to cache slots [0, kv_len), sample the next tokens."""
+def decode_step(model, cache: StaticCache, state: DecodeState, kv_len: int, sampler: Sampler,
+                fused: bool = False) -> None:
+    """Feed `state.tokens` at `state.slot`, attend to the cache slots in use, sample the next tokens.
+
+    The mask spans slots [0, kv_len); the Triton attention (`fused`) reads only up to `state.slot`.
+    """
     mask = state.key_valid[..., :kv_len] & (state.slots[:kv_len] <= state.slot)  # [B, 1, 1, kv_len]
     logits = model(input_ids=state.tokens, attention_mask={"full_attention": mask}, position_ids=state.positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    emit_tokens(state, logits, sampler)
+                   past_key_values=cache, use_cache=True, logits_to_keep=1, decode_last_slot=state.slot).logits[:, -1]
+    emit_tokens(state, logits, sampler, fused)
     state.positions += 1
     state.slot += 1
 
@@ -373,7 +664,7 @@ def kv_length(step: int, prompt_len: int, cache_len: int, kv_bucket: int) -> int
 
 
 class StepRunner:
-    """Runs decode steps: eagerly, or on CUDA one captured graph per KV bucket.
+    """Runs decode steps: eagerly, or on CUDA one captured graph per KV length (one in all when fused).
 
     A bucket's first step runs eagerly (it warms up lazy state: Triton compiles, an adapter's
     zero check), then the step is captured; later steps of the bucket replay the graph. The graphs
@@ -381,9 +672,10 @@ class StepRunner:
     adapter skipping a zero delta), which may change once the weights do.
     """
 
-    def __init__(self, model, cache: StaticCache, state: DecodeState, sampler: Sampler, use_graphs: bool):
+    def __init__(self, model, cache: StaticCache, state: DecodeState, sampler: Sampler, use_graphs: bool,
+                 fused: bool):
         self.model, self.cache, self.state, self.sampler = model, cache, state, sampler
-        self.use_graphs = use_graphs
+        self.use_graphs, self.fused = use_graphs, fused
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def run(self, kv_len: int) -> None:
@@ -391,24 +683,26 @@ class StepRunner:
         if graph is not None:
             graph.replay()
             return
-        decode_step(self.model, self.cache, self.state, kv_len, self.sampler)
+        decode_step(self.model, self.cache, self.state, kv_len, self.sampler, self.fused)
         if self.use_graphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                decode_step(self.model, self.cache, self.state, kv_len, self.sampler)  # recorded, not run
+                decode_step(self.model, self.cache, self.state, kv_len, self.sampler, self.fused)  # recorded
             self.graphs[kv_len] = graph
 
 
 def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, temperature: float,
                   top_p: float, eos_ids: Sequence[int], pad_id: int, seed: int, top_k: int = 0,
                   use_graphs: bool | None = None, fused: bool | None = None, kv_bucket: int = 128,
-                  check_every: int = 32) -> Tensor:
+                  check_every: int = 32, weights: Mapping[str, Tensor] | None = None) -> Tensor:
     """New tokens [B, max_new_tokens] for left-padded prompts [B, P]; pad_id after a row's first stop id.
 
-    use_graphs: None = on CUDA. fused: Triton RMSNorm/rotary/attention in decode steps; None = on
-    CUDA when Triton is installed. kv_bucket: decode attends to the used cache slots rounded up to
-    this many (one CUDA graph per bucket). check_every: decode steps between the (syncing) checks
-    for every row having finished.
+    use_graphs: None = on CUDA. fused: Triton kernels (above); None = on CUDA when Triton is installed.
+    kv_bucket (unfused): decode attends to the used cache slots rounded up to this many (one CUDA graph
+    per bucket); the fused attention reads exactly the slots in use. check_every: decode steps between
+    the (syncing) checks for every row having finished. weights: an adapter's merged weights
+    (`Adapter.merged_weights()`): sampling then runs on W + ΔW, not through the adapter's hooks or LoRA
+    branches. q/k/v and gate/up always run as one GEMM per group, on packed copies of their weights.
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate_fast: max_new_tokens={max_new_tokens}, need >= 1")
@@ -419,7 +713,9 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
     prompt_len = input_ids.shape[1]
     cache_len = prompt_len + max_new_tokens - 1  # the last token is sampled, never fed back
     generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.inference_mode(), attention_implementation(model, FUSED_ATTENTION_NAME if fused else ATTENTION_NAME):
+    attention = FUSED_ATTENTION_NAME if fused else ATTENTION_NAME
+    with (torch.inference_mode(), attention_implementation(model, attention), packed_projections(model, weights),
+          fused_ops(model) if fused else contextlib.nullcontext()):
         cache = StaticCache(config=model.config, max_cache_len=cache_len)
         state = initial_state(attention_mask, cache_len, max_new_tokens, eos_ids, pad_id, model.config.vocab_size,
                               sampler)
@@ -427,16 +723,15 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
         logits = model(input_ids=input_ids, attention_mask={"full_attention": prefill_mask(attention_mask)},
                        position_ids=prompt_positions(attention_mask), past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
-        emit_tokens(state, logits, sampler)
+        emit_tokens(state, logits, sampler, fused)
         for layer in cache.layers:  # allocated by the prefill; decode writes one slot, shared by all layers
             layer.update = functools.partial(write_at_slot, layer, state.slot)
-        runner = StepRunner(model, cache, state, sampler, use_graphs)
-        with fused_decode_ops(model) if fused else contextlib.nullcontext():
-            for step in range(1, max_new_tokens):
-                if step % check_every == 0 and bool(state.finished.all()):
-                    break
-                draw_noise(state, generator, sampler)
-                runner.run(kv_length(step, prompt_len, cache_len, kv_bucket))
+        runner = StepRunner(model, cache, state, sampler, use_graphs, fused)
+        for step in range(1, max_new_tokens):
+            if step % check_every == 0 and bool(state.finished.all()):
+                break
+            draw_noise(state, generator, sampler)
+            runner.run(cache_len if fused else kv_length(step, prompt_len, cache_len, kv_bucket))
     return state.out
 
 

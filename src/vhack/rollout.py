@@ -102,19 +102,20 @@ class HFBackend(RolloutBackend):
 
     Extra keyword arguments go to `generate` (e.g. cache_implementation="static" on GPU).
     fast=True samples with vhack.fastgen.generate_fast instead (static cache, CUDA graphs on CUDA;
-    generate_opts unused).
+    generate_opts unused), on the adapter's merged weights.
     """
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        adapter: Adapter | None = None,  # already attached to `model`: nothing to do
+        adapter: Adapter | None = None,  # attached to `model`; the fast path samples on its merged weights
         batch_size: int = 64,
         fast: bool = False,
         **generate_opts,
     ):
         self.model = model
+        self.adapter = adapter
         self.fast = fast
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -145,7 +146,7 @@ class HFBackend(RolloutBackend):
                 return generate_fast(
                     self.model, inputs["input_ids"], inputs["attention_mask"], sampling.max_new_tokens,
                     sampling.temperature, sampling.top_p, self.stop_ids, self.tokenizer.pad_token_id, seed,
-                    top_k=sampling.top_k,
+                    top_k=sampling.top_k, weights=self.adapter.merged_weights() if self.adapter else None,
                 ).tolist()
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 torch.manual_seed(seed)
@@ -163,7 +164,10 @@ class HFBackend(RolloutBackend):
 
     def update_weights(self, model_or_adapter: nn.Module | Adapter) -> None:
         """Sampling reads the live model, so a step needs no copy; another model object replaces it."""
-        self.model = model_or_adapter.model if isinstance(model_or_adapter, Adapter) else model_or_adapter
+        if isinstance(model_or_adapter, Adapter):
+            self.model, self.adapter = model_or_adapter.model, model_or_adapter
+        else:
+            self.model, self.adapter = model_or_adapter, None
 
 
 def hf_sampling_options(sampling: SamplingConfig) -> dict:

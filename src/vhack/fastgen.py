@@ -7,12 +7,15 @@ from Python and expanding the GQA KV heads; here:
 - the KV cache is a transformers StaticCache, so every decode step has the same shapes and
   reads/writes the same buffers, and the step (model forward on [B, 1] + sampling) is captured
   once into a CUDA graph and replayed (CUDA only; elsewhere the same step runs eagerly);
+- q/k/v and gate/up run as one GEMM per group on packed weight copies; an adapter is sampled on
+  its merged weights W + ΔW (`weights`) instead of through its hooks or LoRA branches;
 - decode attention reads each KV head once for its group of query heads (no repeat_kv), and only
   the cache slots in use, rounded up to `kv_bucket` (one graph per bucket);
-- `fused` (CUDA + Triton): RMSNorm (prefill too), rotary embedding, attention and sampling run as
-  single Triton kernels (the HF code launches ~70 small kernels per layer, which bounds a graph
-  replay) and decode writes K/V at one shared slot index; the attention kernel reads the current
-  slot from the device, so one graph, captured once, serves every step at the exact KV length;
+- `fused` (CUDA + Triton): RMSNorm (prefill too), the Qwen3 decode attention input (q/k norm,
+  rotary, K/V cache write: one kernel), attention, SiLU·mul and sampling run as Triton kernels
+  (the HF code launches ~70 small kernels per layer, which bounds a graph replay); the attention
+  kernel reads the current slot from the device, so one graph, captured once, serves every step
+  at the exact KV length;
 - sampling stays on the device and never syncs: Gumbel-max (argmax of log-probs + Gumbel noise)
   draws exactly from softmax(logits), with noise from a seeded torch.Generator filled in before
   each replay; whether every row has finished is read only every `check_every` steps.

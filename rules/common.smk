@@ -25,6 +25,11 @@ wildcard_constraints:
     run="[A-Za-z0-9._+-]+",
 
 
+def run_output(path):
+    """A training output; write-protected once written when `protect_runs` is on (GPU presets)."""
+    return protected(path) if config.get("protect_runs", False) else path
+
+
 def problems_path(name):
     return f"data/problems/{name}.parquet"
 

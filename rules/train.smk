@@ -5,9 +5,9 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        metrics="results/runs/{run}/metrics.parquet",
-        run_json="results/runs/{run}/run.json",
-        adapter="results/runs/{run}/adapter.safetensors",
+        metrics=run_output("results/runs/{run}/metrics.parquet"),
+        run_json=run_output("results/runs/{run}/run.json"),
+        adapter=run_output("results/runs/{run}/adapter.safetensors"),
     params:
         run=run_params,
     threads: THREADS

@@ -111,3 +111,15 @@ def test_editing_a_pair_set_reruns_only_bases_built_from_it(built):
     used.write_text(used.read_text() + "\n# reviewed\n")
     jobs = planned(built, "results/q2_table.md")
     assert jobs.get("extract_basis") == 1 and jobs.get("train") == 3
+
+
+def test_protect_runs_write_protects_a_finished_run(built):
+    """Runs last (it edits the built copy): with `protect_runs` a finished run's outputs become read-only."""
+    override = built / "protect.yaml"
+    override.write_text(yaml.safe_dump({"protect_runs": True}))
+    run = built / "results/runs/vanilla__s41"
+    assert (run / "metrics.parquet").stat().st_mode & 0o200  # built without protection
+    snakemake(built, "results/runs/vanilla__s41/metrics.parquet", options=("--forcerun", "train"),
+              configs=(str(override),))
+    for name in ("metrics.parquet", "run.json", "adapter.safetensors"):
+        assert not (run / name).stat().st_mode & 0o222, name

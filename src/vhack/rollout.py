@@ -124,16 +124,19 @@ class HFBackend(RolloutBackend):
 
     def generate(self, prompts: list[str], n: int, sampling: SamplingConfig, seed: int) -> list[Completion]:
         rows = prompt_major(len(prompts), n)
+        # merged once per call, not per batch: the weights do not change while sampling
+        weights = self.adapter.merged_weights() if self.fast and self.adapter else None
         completions = []
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            generated = self._sample([prompts[p] for p, _ in batch], sampling, derive_seed(seed, start))
+            generated = self._sample([prompts[p] for p, _ in batch], sampling, derive_seed(seed, start), weights)
             completions += [
                 make_completion(p, s, tokens, self.stop_ids, self.tokenizer) for (p, s), tokens in zip(batch, generated)
             ]
         return completions
 
-    def _sample(self, texts: list[str], sampling: SamplingConfig, seed: int) -> list[list[int]]:
+    def _sample(self, texts: list[str], sampling: SamplingConfig, seed: int,
+                weights: dict[str, torch.Tensor] | None = None) -> list[list[int]]:
         # Chat prompts already hold their special tokens: add none.
         inputs = self.tokenizer(
             texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
@@ -146,7 +149,7 @@ class HFBackend(RolloutBackend):
                 return generate_fast(
                     self.model, inputs["input_ids"], inputs["attention_mask"], sampling.max_new_tokens,
                     sampling.temperature, sampling.top_p, self.stop_ids, self.tokenizer.pad_token_id, seed,
-                    top_k=sampling.top_k, weights=self.adapter.merged_weights() if self.adapter else None,
+                    top_k=sampling.top_k, weights=weights,
                 ).tolist()
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 torch.manual_seed(seed)

@@ -152,3 +152,19 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_qwen3, grader, tmp_pat
     save_checkpoint(tmp_path / "checkpoint", ctx, opt, sched, 0, [{"step": 0}], "other-hash")
     frame = train(make_ctx(tiny_qwen3, grader, steps=2), tmp_path, "h", progress=False)
     assert frame.step.tolist() == [0, 1]
+
+
+def test_advantages_group_by_the_rows_group_index_even_or_uneven():
+    from vhack.grpo import group_advantages
+    from vhack.trainer import Row, advantages
+
+    def rows(rewards_by_group):
+        return [Row(g, [1], [2], r, False, {}, "run_tests") for g, rs in enumerate(rewards_by_group) for r in rs]
+    even = [[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]]
+    adv, zero_var = advantages(rows(even), "dr_grpo")
+    expected, expected_zero = group_advantages(torch.tensor(even), "dr_grpo")
+    assert adv == expected.view(-1).tolist() and zero_var == int(expected_zero.sum()) == 1
+    uneven = [[1.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]   # a teacher-cache gap: fewer rows in group 1
+    adv, zero_var = advantages(rows(uneven), "grpo")
+    assert adv == sum((group_advantages(torch.tensor([g]), "grpo")[0][0].tolist() for g in uneven), [])
+    assert zero_var == 0

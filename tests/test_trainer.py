@@ -168,3 +168,19 @@ def test_advantages_group_by_the_rows_group_index_even_or_uneven():
     adv, zero_var = advantages(rows(uneven), "grpo")
     assert adv == sum((group_advantages(torch.tensor([g]), "grpo")[0][0].tolist() for g in uneven), [])
     assert zero_var == 0
+
+
+def test_after_a_refresh_the_applied_change_has_no_hackward_part(tiny_qwen3, grader):
+    ctx = make_ctx(tiny_qwen3, grader, projection="erase", gate="one_sided", project_on="grad", refresh_every=1)
+    seeds = iter(range(1, 10))
+    ctx.refresh = lambda model, tok, adapter: random_basis(adapter, seed=next(seeds))   # a new V every step
+    opt, sched = make_optimizer(ctx.adapter, ctx.cfg)
+    leaks = []
+    for step in range(3):
+        basis, before = ctx.basis, {n: p.clone() for n, p in ctx.adapter.flat_params().items()}
+        m = train_step(ctx, opt, sched, step)
+        delta = {n: p - before[n] for n, p in ctx.adapter.flat_params().items()}
+        assert hackward_fraction(delta, basis, is_gradient=False) < 1e-5     # against the V in force that step
+        assert m["cout_update"] < 1e-5 and not math.isnan(m["basis_overlap"])
+        leaks.append(m["cin_update"])
+    assert max(leaks[1:]) > 1e-3   # Adam's step before cleaning did lean on the refreshed V

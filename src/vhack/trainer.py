@@ -59,13 +59,15 @@ class RunContext:
     prompts: dict[str, str] = field(default_factory=dict)
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions
     projection: ProjectionConfig = field(init=False)     # how gradients (and updates) are projected
-    project_update: bool = field(init=False)             # also clean the applied change (project_on: update)
+    project_update: bool = field(init=False)             # also clean the applied change (see __post_init__)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
         self.projection = ProjectionConfig(mode="erase" if cfg.projection == "erase" else "none", gate=cfg.gate,
                                            overshoot=cfg.overshoot, preserve_magnitude=cfg.preserve_magnitude)
-        self.project_update = cfg.project_on == "update" and cfg.projection == "erase"
+        # A refreshed basis meets Adam moments built against the old one: projecting only g would let them
+        # step along the new V (cin of the update ≈ vanilla's). So a refresh implies projecting the update.
+        self.project_update = cfg.projection == "erase" and (cfg.project_on == "update" or cfg.refresh_every > 0)
 
 
 # ---------------------------------------------------------------- sampling and scoring

@@ -118,7 +118,7 @@ def answer(table: QuestionTable) -> str:
     """Sentences that state what the table's numbers show, and nothing more."""
     frame = table.frame.set_index("label")
     compared = [r for r in frame.itertuples() if isinstance(r.reference, str) and r.n > 0
-                and frame.at[r.reference, "n"] > 0]
+                and frame.at[r.reference, "n"] > 0 and r.Index not in table.same_training]
     if not compared:
         return ("No finished runs yet." if frame["n"].sum() == 0 else
                 "No row can be compared with its reference yet (see Not finished).")
@@ -132,6 +132,8 @@ def answer(table: QuestionTable) -> str:
     tests = sum(not math.isnan(getattr(r, f"p_{m}")) for r in compared for m in table.metrics)
     if tests > 1:
         sentences.append(f"p-values are per comparison, not corrected for the {tests} tests in this table.")
+    for label, other in table.same_training.items():
+        sentences.append(f"{label} is the same training as {other} (≡), counted once.")
     if table.confounds:
         short = [c.split(" (")[0] for c in table.confounds]
         sentences.append(f"Caveat: the comparison is confounded ({'; '.join(short)}; see Confounds).")

@@ -36,7 +36,9 @@ CONTROL_MEANINGS = {
     "random": "**random V** (random orthonormal directions, the real basis' k per module): rules out that "
               "removing any k directions per module (a smaller step) is what lowers hacking.",
     "shuffled": "**shuffled** (hack/clean labels shuffled across the pairs, sides re-paired across problems): "
-                "rules out that the pairs' completions alone, without knowing which side hacks, give the basis.",
+                "rules out that the completions alone, without knowing which side hacks, give the effect; where "
+                "each row still contrasts a hack token with a clean one (divergence basis) its span stays close "
+                "to the real one and its orientation is random, so it speaks mainly under one_sided.",
     "nonhack": "**clean-vs-clean** (each hack replaced by another problem's correct solution): rules out "
                "a basis of generic differences between solutions (code likelihood, problem identity).",
     "no_teacher": "**no teacher** (mix 0, question q15): rules out that projection only blocks imitating the "

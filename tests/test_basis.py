@@ -358,3 +358,23 @@ def test_a_shared_nonzero_lora_b_init_gives_lora_a_directions(tiny_qwen3):
                           style="toy")
     assert basis.metadata["modules_without_directions"] == []
     assert all(V.shape[0] == 1 for V in basis.vectors.values())
+
+
+def test_refresh_re_extracts_a_divergence_basis_with_the_same_settings(tiny_qwen3):
+    from pathlib import Path
+    from vhack.grpo import TrainConfig
+    from vhack.jobs import basis_config, make_refresh
+    params = {"method": "divergence", "k": 1, "divergence_tokens": 2, "control": "random",
+              "modes": ["run_tests", "sentinel"]}
+    assert basis_config(params) == BasisConfig(method="divergence", k=1, divergence_tokens=2, control="random")
+    cfg = TrainConfig.from_settings(dict(student="s", adapter="lora", problem_set="toy", teacher=None,
+                                         train_modes=["run_tests"], steps=2, prompts_per_step=2, group_size=2,
+                                         mix=0.0, lr=0.01, refresh_every=1, k_use=1))
+    pairs = Path(__file__).parents[1] / "config" / "pairs" / "toy_21.yaml"
+    refresh = make_refresh(str(pairs), params, cfg, style="toy", seed=3)
+    model, tokenizer, adapter = tiny_student(tiny_qwen3, "svd_delta")
+    basis = refresh(model, tokenizer, adapter)
+    assert basis.metadata["method"] == "divergence" and basis.metadata["divergence_tokens"] == 2
+    assert basis.metadata["control"] == "random" and basis.metadata["k_use"] == 1
+    assert len(basis.metadata["divergence_positions"]) == basis.metadata["n_pairs"] < 21   # modes filtered
+    assert all(V.shape[0] == 1 for V in basis.vectors.values())

@@ -26,6 +26,7 @@ from .grpo import Batch, TrainConfig, backward_rows, group_advantages, loss_deno
 from .io import write_parquet
 from .problems import Problem
 from .projection import ProjectionConfig, hackward_fraction, project_gradients_, project_update_, snapshot
+from .samples import read_samples, step_samples, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class RunContext:
     enable_thinking: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions
+    samples: list[dict] = field(default_factory=list)    # every trained row so far (vhack.samples records)
+    tracker: Any | None = None                           # vhack.tracking.Tracker: live per-step curves
 
 
 # ---------------------------------------------------------------- sampling and scoring
@@ -218,6 +221,8 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, An
             advantages += a
             zero_var += z
             start += size
+    ctx.samples += step_samples(step, [p.id for p in problems], [ctx.modes[p.id] for p in problems], completions,
+                                teachers, rows.grades, rows.rewards, advantages, per)
 
     # 3. loss and backward, student and teacher parts apart (for cin_s / cin_t)
     ctx.model.train()
@@ -338,6 +343,7 @@ def save_checkpoint(ckpt_dir: Path, ctx: RunContext, optimizer, scheduler, step:
                 "run_hash": run_hash, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
                 "basis": ctx.basis if ctx.cfg.refresh_every else None}, tmp / "state.pt")
     pd.DataFrame(rows).to_parquet(tmp / "metrics.parquet", index=False)
+    write_samples(tmp / "samples.parquet", ctx.samples)
     if ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     tmp.rename(ckpt_dir)
@@ -360,12 +366,17 @@ def load_checkpoint(ckpt_dir: Path, ctx: RunContext, optimizer, scheduler, run_h
     if state.get("basis") is not None:
         ctx.basis = state["basis"]
     ctx.backend.update_weights(ctx.adapter)
+    if (ckpt_dir / "samples.parquet").exists():
+        ctx.samples = read_samples(ckpt_dir / "samples.parquet").to_dict("records")
+    else:
+        log.warning("checkpoint %s has no samples.parquet: samples.parquet will lack steps 0-%d", ckpt_dir,
+                    state["step"])
     log.info("resumed from %s after step %d", ckpt_dir, state["step"])
     return state["step"] + 1, pd.read_parquet(ckpt_dir / "metrics.parquet").to_dict("records")
 
 
 def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the loop; writes metrics.parquet and adapter.safetensors into out_dir."""
+    """Run (or resume) the loop; writes metrics.parquet, samples.parquet and adapter.safetensors into out_dir."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -376,6 +387,8 @@ def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = 
     for step in bar:
         metrics = train_step(ctx, optimizer, scheduler, step)
         rows.append(metrics)
+        if ctx.tracker is not None:
+            ctx.tracker.log_step(step, metrics)
         bar.set_postfix(hack_s=f"{metrics['hack_s']:.2f}", gt_s=f"{metrics['gt_s']:.2f}", cin=f"{metrics['cin']:.3f}", refresh=False)
         log.info("step %d %s", step, json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                  for k, v in metrics.items()}))
@@ -384,6 +397,7 @@ def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = 
             save_checkpoint(ckpt_dir, ctx, optimizer, scheduler, step, rows, run_hash)
     frame = pd.DataFrame(rows)
     write_parquet(out_dir / "metrics.parquet", frame)
+    write_samples(out_dir / "samples.parquet", ctx.samples)
     ctx.adapter.save(out_dir / "adapter.safetensors")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return frame

@@ -59,7 +59,7 @@ def export_invocation(argv: Sequence[str], configfiles: Sequence[str | os.PathLi
     """Record the snakemake command line for the jobs it starts (first value wins: a cluster job's
     own re-invocation of snakemake keeps the user's command)."""
     cwd = Path.cwd()
-    files = [os.path.relpath(f, cwd) if Path(f).is_absolute() else str(f) for f in configfiles]
+    files = [str(Path(f).relative_to(cwd)) if Path(f).is_relative_to(cwd) else str(f) for f in configfiles]
     os.environ.setdefault(INVOCATION_ENV, json.dumps({"argv": list(argv), "configfiles": files,
                                                       "config_args": list(config_args)}))
 
@@ -84,7 +84,7 @@ def rebuild_command(outer: dict, targets: Sequence[str]) -> str:
 def invocation(snakemake_job: str | None = None, targets: Sequence[str] = ()) -> dict:
     """This process's argv; under snakemake also the user's command line and a command rebuilding `targets`."""
     out = {"argv": list(sys.argv), "snakemake": snakemake_job}
-    outer = json.loads(os.environ.get(INVOCATION_ENV, "null"))
+    outer = json.loads(os.environ.get(INVOCATION_ENV) or "null")
     if outer is not None:
         out.update(command=shlex.join(snakemake_command(outer["argv"])), configfiles=outer["configfiles"],
                    config_args=outer["config_args"], rebuild=rebuild_command(outer, targets) if targets else "")

@@ -134,12 +134,15 @@ def export_to_mlflow(run_dirs: Sequence[str | os.PathLike], store_dir: str | os.
     run directory except checkpoints and tracker logs.
     """
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")   # MLflow 3 keeps file stores behind this switch
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a local export sends nothing anywhere
     try:
+        from mlflow.store.tracking.file_store import FileStore
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise ImportError("the MLflow export needs mlflow: pip install -e '.[trackers]'") from None
     store = Path(store_dir).absolute()
     shutil.rmtree(store, ignore_errors=True)
+    FileStore(str(store))   # lays out a fresh store (MLflow caches its store object per URI across calls)
     client = MlflowClient(tracking_uri=store.as_uri())
     experiment_id = client.create_experiment(experiment)
     return {Path(d).name: _export_run(client, experiment_id, Path(d)) for d in sorted(run_dirs)}

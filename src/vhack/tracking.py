@@ -80,7 +80,8 @@ class WandbWriter:
                               "pip install -e '.[trackers]' (or set tracking.wandb.enabled: false)") from None
         self.run = wandb.init(project=cfg.get("project", "vhack"), entity=cfg.get("entity"), name=run, group=group,
                               tags=list(cfg.get("tags", [])), config=dict(params), dir=str(out_dir),
-                              mode=cfg.get("mode", "online"), reinit="create_new")
+                              mode=os.environ.get("WANDB_MODE") or cfg.get("mode", "online"),  # env wins
+                              reinit="create_new")
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         self.run.log(dict(scalars), step=step)

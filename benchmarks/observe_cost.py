@@ -6,6 +6,7 @@ work itself (the per-step sample records, the tracker's writes, the final sample
 the step time: on a shared machine two whole runs differ by more than the overhead. Then writes
 the fast preset's volume (16 prompts x G=4, 20 steps, ~512-token completions made of HumanEval
 code) to estimate its samples.parquet size. Last line: `overhead_pct=<x> toy_mb=<y> fast_mb=<z>`.
+(Toy rollouts here come from a random model: its text compresses worse than a trained student's.)
 
     .venv/bin/python benchmarks/observe_cost.py [--steps 4]
 """
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from vhack import samples as samples_module
@@ -93,9 +95,11 @@ def measure_toy(work: Path, steps: int) -> tuple[float, float, int]:
     return float(frame["step_seconds"].mean()), added / steps, (work / "run" / "samples.parquet").stat().st_size
 
 
-def fast_preset_size(work: Path, steps: int = 20, rows_per_step: int = 16 * 4, chars: int = 1800) -> int:
-    """samples.parquet bytes for the fast preset's row count, completions cut from HumanEval's code
-    (~512 tokens of Python each; real rollouts repeat more and compress better once a hack spreads)."""
+def fast_preset_size(work: Path, steps: int = 20, rows_per_step: int = 16 * 4, chars: int = 1800) -> tuple[int, int]:
+    """(samples.parquet bytes, bytes with every completion zstd-compressed on its own) for the fast
+    preset's row count, completions cut from HumanEval's code (~512 tokens of Python each). The file
+    profits from text shared between rows (as rollouts of one prompt share it); the second figure,
+    which shares nothing between rows, bounds it from above."""
     code = [p.description + "\n" + p.canonical_solution for p in load_humaneval()]
     rng = random.Random(0)
     records = []
@@ -110,7 +114,8 @@ def fast_preset_size(work: Path, steps: int = 20, rows_per_step: int = 16 * 4, c
                             **{k: rng.random() < 0.3 for k in GRADE_FLAGS if k != "error"},
                             "error": rng.choice(["", "oracle: AssertionError", "format: no code block"])})
     write_samples(work / "fast.parquet", records)
-    return (work / "fast.parquet").stat().st_size
+    alone = sum(pa.compress(r["completion"].encode(), codec="zstd", asbytes=True).__len__() for r in records)
+    return (work / "fast.parquet").stat().st_size, alone
 
 
 def main() -> None:
@@ -122,11 +127,12 @@ def main() -> None:
         work = Path(tmp)
         step_s, added_s, toy_bytes = measure_toy(work, args.steps)
         toy_20 = toy_bytes / args.steps * 20   # a toy run has 20 steps
-        fast_bytes = fast_preset_size(work)
+        fast_bytes, fast_alone = fast_preset_size(work)
     pct = 100 * added_s / step_s
     print(f"toy step: {step_s:.3f} s; samples + TensorBoard add {1000 * added_s:.2f} ms per step ({pct:.2f}%)")
     print(f"samples.parquet: {toy_bytes / 1e3:.1f} kB after {args.steps} toy steps (~{toy_20 / 1e6:.2f} MB per "
-          f"20-step toy run); fast preset estimate {fast_bytes / 1e6:.2f} MB per run (1,280 rows)")
+          f"20-step toy run); fast preset estimate {fast_bytes / 1e6:.2f} MB per run (1,280 rows; "
+          f"{fast_alone / 1e6:.2f} MB if rows shared no text)")
     print(f"overhead_pct={pct:.2f} toy_mb={toy_20 / 1e6:.3f} fast_mb={fast_bytes / 1e6:.3f}")
 
 

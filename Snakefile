@@ -25,8 +25,10 @@ localrules:
     aggregate,
     question_table,
     report,
+    export_mlflow,
 
 
 rule all:
     input:
         "reports/results.md",
+        ["results/mlflow/runs.json"] if TRACKING.get("mlflow", False) else [],

@@ -22,3 +22,18 @@ rule question_table:
         "logs/tables/{question}.log",
     script:
         "../workflow/scripts/question_table.py"
+
+
+# Every finished run into a local MLflow file store (needs the `trackers` extra; on in rule all when
+# tracking.mlflow is true): mlflow ui --backend-store-uri results/mlflow/store
+rule export_mlflow:
+    input:
+        **run_outputs(sorted(RUNS)),
+        **run_samples(sorted(RUNS)),
+    output:
+        store=directory("results/mlflow/store"),
+        runs="results/mlflow/runs.json",
+    log:
+        "logs/export_mlflow.log",
+    script:
+        "../workflow/scripts/export_mlflow.py"

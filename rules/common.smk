@@ -4,6 +4,7 @@ import sys
 
 from vhack.config import ConfigError, load_config
 from vhack.experiments import expand_questions
+from vhack.provenance import export_invocation
 from vhack.report import FIGURE_KINDS
 
 try:
@@ -11,7 +12,9 @@ try:
 except ConfigError as err:
     sys.exit(f"vhack: {err}")
 
+export_invocation(sys.argv, workflow.config_settings.configfiles, workflow.config_settings.config_args)
 RUNS, QUESTIONS = expand_questions(config)
+TRACKING = config.get("tracking", {})
 THREADS = config.get("threads_per_job", 1)
 TOY_MODELS = config.get("toy_models", {})
 
@@ -28,6 +31,11 @@ wildcard_constraints:
 def run_output(path):
     """A training output; write-protected once written when `protect_runs` is on (GPU presets)."""
     return protected(path) if config.get("protect_runs", False) else path
+
+
+def tracking_outputs(run_dir):
+    """The live tracker files a train job writes (TensorBoard events unless tracking.tensorboard is off)."""
+    return {"tensorboard": directory(f"{run_dir}/tensorboard")} if TRACKING.get("tensorboard", True) else {}
 
 
 def problems_path(name):
@@ -112,4 +120,12 @@ def run_outputs(runs):
     return {
         "run_json": [f"{run_dir(r)}/run.json" for r in runs],
         "evals": [f"{run_dir(r)}/eval.parquet" for r in runs],
+    }
+
+
+def run_samples(runs):
+    """The completions of finished runs: training rows and held-out samples."""
+    return {
+        "samples": [f"{run_dir(r)}/samples.parquet" for r in runs],
+        "eval_samples": [f"{run_dir(r)}/eval_samples.parquet" for r in runs],
     }

@@ -8,6 +8,8 @@ rule train:
         metrics=run_output("results/runs/{run}/metrics.parquet"),
         run_json=run_output("results/runs/{run}/run.json"),
         adapter=run_output("results/runs/{run}/adapter.safetensors"),
+        samples=run_output("results/runs/{run}/samples.parquet"),
+        **tracking_outputs("results/runs/{run}"),
     params:
         run=run_params,
     threads: THREADS
@@ -26,6 +28,7 @@ rule evaluate:
         unpack(eval_inputs),
     output:
         evals="results/runs/{run}/eval.parquet",
+        samples="results/runs/{run}/eval_samples.parquet",
     params:
         run=run_params,
     threads: THREADS

@@ -192,3 +192,21 @@ def test_lora_init_is_fixed_by_its_seed_not_by_the_global_rng(tiny_qwen3):
     first, other_global, other_init = lora_a(1, 0), lora_a(2, 0), lora_a(1, 1)
     assert all(torch.equal(first[n], other_global[n]) for n in first)
     assert not all(torch.equal(first[n], other_init[n]) for n in first)
+
+
+def test_trained_lora_loads_with_plain_peft_from_pretrained(tiny_qwen3, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    model = fresh_model(tiny_qwen3)
+    adapter = attach_adapter(model, AdapterConfig(kind="lora"))
+    for _ in range(3):   # B leaves 0: the adapter changes the output
+        train_one_step(model, adapter)
+    expected = logits(model)
+    adapter.save(tmp_path / "adapter.safetensors")
+    adapter.save_peft(tmp_path)   # beside the vhack file, as in a run directory
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    assert not list(tmp_path.glob(".peft.*"))   # the temporary directory is gone
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    assert not torch.allclose(logits(base), expected, atol=1e-4)
+    peft_model = PeftModel.from_pretrained(base, tmp_path)
+    torch.testing.assert_close(logits(peft_model), expected, rtol=1e-5, atol=1e-5)

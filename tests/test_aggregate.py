@@ -69,7 +69,9 @@ def test_runs_frame_has_identity_settings_provenance_and_eval(aggregated, seed_r
     row = runs.set_index("run").loc["projected__basis-full__gate-no_gate__s41"]
     assert (row["arm"], row["seed"], row["gate"], row["basis"], row["mix"]) == ("projected", 41, "no_gate", "full", 0.5)
     assert json.loads(row["train_modes"])[0] == "run_tests"  # lists are JSON strings
-    assert row["invocation"].startswith("python -m vhack.train --run projected__basis-full__gate-no_gate__s41")
+    assert row["invocation"] == ("snakemake --cores 8 --configfile config/config.yaml --force -- "
+                                 "results/runs/projected__basis-full__gate-no_gate__s41/metrics.parquet")
+    assert row["command"] == "snakemake --cores 8 results/q2_table.md"
     assert row["wall_seconds"] == 60 and row["git_commit"] == "0123abc" and not row["git_dirty"]
     assert row["eval_hack"] == pytest.approx(0.625) and row["eval_solve_exit_code"] == pytest.approx(0.2)
     assert "gate" in setting_columns(runs) and "seed" not in setting_columns(runs)
@@ -176,3 +178,12 @@ def test_basis_control_comes_from_the_runs_basis_params(tmp_path):
         (run_dir / "run.json").write_text(json.dumps({**meta, "params": params}))
     _, frame = aggregate_runs(dirs)
     assert list(frame["basis_control"]) == ["random", "none", ""]
+
+
+def test_invocation_falls_back_to_argv_outside_snakemake(run_copies):
+    path = run_copies[0] / "run.json"
+    meta = json.loads(path.read_text())
+    meta["invocation"] = {"argv": ["python", "-m", "vhack.train", "--run", meta["run"]]}
+    path.write_text(json.dumps(meta))
+    row = aggregate_runs(run_copies)[1].set_index("run").loc[meta["run"]]
+    assert row["invocation"] == f"python -m vhack.train --run {meta['run']}" and row["command"] == ""

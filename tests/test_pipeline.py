@@ -1,6 +1,8 @@
 """The Snakemake workflow end to end on a shrunk toy config: builds, no-op reruns, targeted reruns, config errors."""
 
+import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,7 +45,8 @@ def planned(workdir: Path, *targets: str, options: tuple[str, ...] = (), configs
 def built(tmp_path_factory):
     """A workflow copy with the Q2 table built (problems, toy models, cache, basis, 3 runs, evaluations)."""
     work = copy_workflow(tmp_path_factory.mktemp("pipeline"))
-    snakemake(work, "results/q2_table.md")
+    done = snakemake(work, "results/q2_table.md")
+    (work / "console.txt").write_text(done.stdout + done.stderr)   # what the terminal showed
     return work
 
 
@@ -84,8 +87,47 @@ def test_q2_table_and_noop_rerun(built):
     cache = pd.read_parquet(built / "data/teacher_cache/toy_teacher.parquet")
     assert {"problem_id", "mode", "completion", "exploited", "gt_correct", "reward", "teacher"} <= set(cache.columns)
     run = built / "results/runs/projected__s41"
-    assert {"metrics.parquet", "run.json", "adapter.safetensors", "eval.parquet"} <= {p.name for p in run.iterdir()}
+    assert {"metrics.parquet", "run.json", "adapter.safetensors", "eval.parquet", "samples.parquet",
+            "eval_samples.parquet", "tensorboard", "adapter_config.json", "adapter_model.safetensors"} <= {
+        p.name for p in run.iterdir()}
     assert planned(built, "results/q2_table.md") == {}
+
+
+def test_runs_keep_their_completions_and_the_table_shows_heldout(built):
+    from vhack.samples import EVAL_SAMPLE_COLUMNS, SAMPLE_COLUMNS
+    from vhack.tracking import read_scalars
+    run = built / "results/runs/vanilla__s41"
+    samples, steps = pd.read_parquet(run / "samples.parquet"), pd.read_parquet(run / "metrics.parquet")
+    assert tuple(samples.columns) == SAMPLE_COLUMNS
+    student = samples[samples.source == "student"]   # the smoke cache covers few problems: teacher rows vary
+    assert len(student) == 2 * 2 * 2 and (samples.source == "teacher").sum() <= 2 * 2 * 2   # steps x prompts x G_s
+    assert student.groupby("step")["exploited"].mean().tolist() == steps["hack_s"].tolist()
+    evals = pd.read_parquet(run / "eval_samples.parquet")
+    assert tuple(evals.columns) == EVAL_SAMPLE_COLUMNS and set(evals["prompt_mode"]) >= {"none"}
+    assert len(evals) == 2 * pd.read_parquet(run / "eval.parquet").set_index("mode").at["all", "n"]
+    assert set(read_scalars(run / "tensorboard")["tag"]) >= {"hack_s", "gt_s", "loss"}
+    table = (built / "results/q2_table.md").read_text()
+    assert "| row | hack (train) | solve (train) | eval hack | eval solve |" in table
+
+
+def test_console_is_quiet_and_run_json_rebuilds_the_run(built):
+    console = (built / "console.txt").read_text()
+    assert "Shell command: None" not in console and '"hack_s":' not in console   # per-step metrics: logs only
+    assert re.search(r"finished vanilla__s41: last-5 hack \d\.\d{3}, solve \d\.\d{3}", console)
+    assert '"hack_s":' in (built / "logs/runs/vanilla__s41/train.log").read_text()
+    invocation = json.loads((built / "results/runs/vanilla__s41/run.json").read_text())["invocation"]
+    assert invocation["command"].startswith("snakemake --cores 2 ") and "results/q2_table.md" in invocation["command"]
+    rebuild = shlex.split(invocation["rebuild"])
+    assert rebuild[0] == "snakemake" and str(SMOKE) in rebuild
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", *rebuild[1:]], cwd=built,
+                          capture_output=True, text=True, timeout=600)
+    assert dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout, re.M)) == {"train": "1", "total": "1"}, done.stdout
+
+
+def test_mlflow_export_target_plans_one_export_after_every_run(built):
+    """README: `snakemake --cores 2 results/mlflow/runs.json` (dry run: it needs every declared run)."""
+    jobs = planned(built, "results/mlflow/runs.json")
+    assert jobs.get("export_mlflow") == 1 and jobs.get("train", 0) > 0 and "question_table" not in jobs
 
 
 def test_changing_teacher_temperature_reruns_the_cache_and_what_uses_it(built):

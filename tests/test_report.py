@@ -9,7 +9,9 @@ import pytest
 
 from fixtures.synthetic_runs import write_seed_runs
 from vhack.aggregate import aggregate_runs, write_aggregate
-from vhack.report import FIGURE_KINDS, answer, report_files, write_report
+from vhack.report import (FIGURE_KINDS, _band_note, _draw_bands, _style_axes, answer, axis_label, hack_onsets,
+                          report_files, row_runs, write_report)
+from vhack.metrics import describe
 from vhack.tables import question_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -20,14 +22,14 @@ def seed(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     dirs, questions, _ = write_seed_runs(root)
     steps, runs = aggregate_runs(dirs)
-    return steps, runs, questions
+    return steps, runs, questions, {d.name: d / "samples.parquet" for d in dirs}
 
 
 @pytest.fixture(scope="module")
 def report(seed, tmp_path_factory):
-    steps, runs, questions = seed
+    steps, runs, questions, samples = seed
     out = tmp_path_factory.mktemp("reports")
-    files = write_report(runs, steps, questions, out)
+    files = write_report(runs, steps, questions, out, samples=samples)
     return out, files, (out / "results.md").read_text()
 
 
@@ -39,9 +41,9 @@ def test_writes_results_and_three_pngs_per_question(report, seed):
     out, files, _ = report
     questions = seed[2]
     assert files == report_files(questions, out)
-    assert files[0] == out / "results.md"
-    assert {f.name for f in files[1:]} == {f"{q}_{k}.png" for q in questions for k in FIGURE_KINDS}
-    for f in files[1:]:
+    assert files[:2] == [out / "results.md", out / "results.html"]
+    assert {f.name for f in files[2:]} == {f"{q}_{k}.png" for q in questions for k in FIGURE_KINDS}
+    for f in files[2:]:
         assert f.read_bytes()[:8] == PNG and f.stat().st_size > 5000
 
 
@@ -72,14 +74,14 @@ def test_answer_marks_single_seeds_and_confounds(report):
 
 
 def test_answer_without_runs(seed):
-    _, runs, questions = seed
+    _, runs, questions, _ = seed
     assert answer(question_table(runs.iloc[:0], questions["q2"])) == "No finished runs yet."
 
 
 def test_report_with_no_finished_runs_still_writes_every_file(seed, tmp_path):
-    steps, runs, questions = seed
+    steps, runs, questions, _ = seed
     files = write_report(runs.iloc[:0], steps.iloc[:0], [questions["q9_overshoot"]], tmp_path)
-    assert all(f.exists() for f in files) and len(files) == 4
+    assert all(f.exists() for f in files) and len(files) == 5
     assert "No finished runs yet." in (tmp_path / "results.md").read_text()
 
 
@@ -110,3 +112,62 @@ def test_report_says_what_each_control_rules_out(report):
     assert set(CONTROL_MEANINGS) == {"random", "shuffled", "nonhack", "no_teacher"}
     for line in CONTROL_MEANINGS.values():
         assert f"- {line}\n" in text and "rules out" in line
+
+
+def test_heldout_evaluation_beside_training_numbers(report, seed):
+    q2 = _section(report[2], "q2")
+    heldout = q2.split("Held-out evaluation")[1].split("\n\n", 2)[1]
+    header = heldout.splitlines()[0]
+    assert header.startswith("| row | hack (train) | solve (train) | eval hack | eval solve | eval hack[exit_code]")
+    vanilla = next(line for line in heldout.splitlines() if line.startswith("| vanilla |"))
+    runs = seed[1].set_index("run")
+    names = [r for r in seed[2]["q2"].rows[0].runs]
+    cells = vanilla.split(" | ")
+    assert cells[1].startswith("0.719") and cells[3].startswith(f"{runs.loc[names, 'eval_hack'].mean():.3f}")
+    assert cells[5].startswith(f"{runs.loc[names, 'eval_hack_exit_code'].mean():.3f}")
+
+
+def test_hack_onsets_are_the_first_step_at_ten_percent(seed):
+    steps, _, questions, _ = seed
+    names = list(questions["q2"].rows[0].runs)
+    onsets = hack_onsets(steps, names)
+    assert list(onsets.index) == names and "run_tests" in onsets.columns
+    for run in names:
+        curve = steps[steps["run"] == run].set_index("step")["hack_s_run_tests"]
+        expected = curve[curve >= 0.1].index.min()
+        assert onsets.at[run, "run_tests"] == expected and curve.loc[:expected - 1].max() < 0.1
+
+
+def test_report_shows_example_hacks_per_mode_from_the_last_steps(report):
+    q2 = _section(report[2], "q2")
+    assert "When each loophole mode's hack first reached 10%" in q2
+    examples = q2.split("Example hacks")[1].split("<details>")[0]
+    for mode in ("run_tests", "sentinel", "exit_code"):
+        blocks = re.findall(rf"\*\*{mode}\*\* — run `(\S+)`, step (\d+), .*?\n\n(````text\n.*?\n````)", examples, re.S)
+        assert 1 <= len(blocks) <= 2
+        for run, step, block in blocks:
+            assert int(step) >= 15 and "```python" in block and f"# {run} {step}" in block  # fence kept inside
+
+
+def test_html_report_renders_tables_and_inlines_figures(report):
+    out = report[0]
+    html = (out / "results.html").read_text()
+    assert html.count("<table>") >= 2 * 8 and "data:image/png;base64," in html and "figures/q2_curves.png" not in html
+    assert "<strong>Answer:</strong>" in html
+
+
+def test_plot_axes_are_labelled_and_bounded(seed, tmp_path):
+    from matplotlib.figure import Figure
+    steps, runs, questions, _ = seed
+    table = question_table(runs, questions["q2"])
+    fig = Figure()
+    ax = fig.subplots()
+    rows = row_runs(table, runs.set_index("run"))
+    assert _draw_bands(ax, steps, rows, "hack_s")
+    _style_axes(ax, "hack_s")
+    assert ax.get_ylim() == (0, 1) and all(float(t).is_integer() for t in ax.get_xticks())
+    assert axis_label("hack_s").replace("\n", " ") == f"hack: {describe('hack_s')}" and len(ax.collections) == len(rows)  # a band per n > 1 row
+    single = [(label, names[:1]) for label, names in rows]
+    ax2 = Figure().subplots()
+    _draw_bands(ax2, steps, single, "hack_s")
+    assert len(ax2.collections) == 0 and _band_note(single) == "one seed per row: no band"

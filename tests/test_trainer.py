@@ -15,6 +15,8 @@ from vhack.models import ModelSpec, load_model
 from vhack.problems import build_toy_problems
 from vhack.projection import hackward_fraction
 from vhack.rollout import make_backend
+from vhack.samples import SAMPLE_COLUMNS, read_samples
+from vhack.tracking import TrackingConfig, open_tracker, read_scalars
 from vhack.trainer import RunContext, make_batch, split_gradients, train, train_step, make_optimizer
 from vhack.grpo import loss_denominator
 
@@ -141,6 +143,8 @@ def test_same_seed_same_metrics_and_resume_matches(tiny_qwen3, grader, tmp_path)
     assert (tmp_path / "c" / "checkpoint" / "state.pt").exists()
     resumed = train(ctx, tmp_path / "c", "h", progress=False)
     pd.testing.assert_frame_equal(first[cols], resumed[cols])
+    pd.testing.assert_frame_equal(read_samples(tmp_path / "a" / "samples.parquet"),
+                                  read_samples(tmp_path / "c" / "samples.parquet"))   # resumed samples too
     assert not (tmp_path / "c" / "checkpoint").exists()
     assert (tmp_path / "c" / "adapter.safetensors").exists()
 
@@ -159,7 +163,7 @@ def test_advantages_group_by_the_rows_group_index_even_or_uneven():
     from vhack.trainer import Row, advantages
 
     def rows(rewards_by_group):
-        return [Row(g, [1], [2], r, False, {}, "run_tests") for g, rs in enumerate(rewards_by_group) for r in rs]
+        return [Row(g, [1], [2], r, False, {}, "run_tests", f"p{g}", "", 1) for g, rs in enumerate(rewards_by_group) for r in rs]
     even = [[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]]
     adv, zero_var = advantages(rows(even), "dr_grpo")
     expected, expected_zero = group_advantages(torch.tensor(even), "dr_grpo")
@@ -184,3 +188,25 @@ def test_after_a_refresh_the_applied_change_has_no_hackward_part(tiny_qwen3, gra
         assert m["cout_update"] < 1e-5 and not math.isnan(m["basis_overlap"])
         leaks.append(m["cin_update"])
     assert max(leaks[1:]) > 1e-3   # Adam's step before cleaning did lean on the refreshed V
+
+
+def test_samples_hold_every_trained_row_and_agree_with_the_metrics(tiny_qwen3, grader, tmp_path):
+    ctx = make_ctx(tiny_qwen3, grader, steps=2, checkpoint_every=0)
+    ctx.tracker = open_tracker(TrackingConfig(), tmp_path, "r", "vanilla", {"lr": 0.05})
+    frame = train(ctx, tmp_path, "h", progress=False)
+    ctx.tracker.close()
+    samples = read_samples(tmp_path / "samples.parquet")
+    assert tuple(samples.columns) == SAMPLE_COLUMNS
+    cfg = ctx.cfg
+    assert len(samples) == cfg.steps * cfg.prompts_per_step * cfg.group_size
+    for step, rows in samples.groupby("step"):
+        student, teacher = rows[rows.source == "student"], rows[rows.source == "teacher"]
+        assert len(student) == cfg.prompts_per_step * cfg.student_rows and teacher["exploited"].all()
+        assert student["exploited"].mean() == frame.loc[step, "hack_s"]
+        assert student["gt_correct"].mean() == frame.loc[step, "gt_s"]
+        assert abs(rows.groupby("group")["advantage"].sum()).max() < 1e-5   # dr_grpo: R - mean per group
+        assert (rows["mode"] == rows["problem_id"].map(ctx.modes)).all()
+    scalars = read_scalars(tmp_path / "tensorboard")   # the live curves, read back from the event file
+    hack = scalars[scalars.tag == "hack_s"].sort_values("step")
+    assert hack["step"].tolist() == [0, 1]
+    assert hack["value"].tolist() == pytest.approx(frame["hack_s"].tolist(), abs=1e-6)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +26,7 @@ from torch import nn
 from vhack.io import atomic_path
 
 METADATA_KEY = "vhack_adapter"
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass
@@ -245,9 +247,15 @@ class LoRAAdapter(Adapter):
         return merged
 
     def save_peft(self, out_dir: str | os.PathLike) -> Path:
-        """peft's own format (adapter_config.json + adapter_model.safetensors), as vLLM loads it."""
-        self.peft_model.save_pretrained(out_dir)
-        return Path(out_dir)
+        """peft's own format (adapter_config.json + adapter_model.safetensors), as vLLM and
+        `PeftModel.from_pretrained(base_model, out_dir)` load it; each file replaced atomically."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".peft.") as tmp:
+            self.peft_model.save_pretrained(tmp)
+            for name in PEFT_FILES:
+                os.replace(Path(tmp) / name, out_dir / name)
+        return out_dir
 
 
 ADAPTER_KINDS: dict[str, type[Adapter]] = {"svd_delta": SVDDeltaAdapter, "lora": LoRAAdapter}
@@ -269,7 +277,12 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> Adapter:
-    """Attach the adapter saved at `path` (its config comes from the file) and load its weights."""
+    """Attach the adapter saved at `path` (its config comes from the file) and load its weights.
+
+    The one way to load any run's adapter, svd_delta or LoRA:
+    `load_adapter(base_model, "results/runs/<run>/adapter.safetensors")`, with the base model loaded
+    as the run's student (vhack.models.load_model). LoRA runs are also saved in peft's layout.
+    """
     saved = read_adapter_metadata(path)
     config = AdapterConfig(**{**saved["config"], "targets": tuple(saved["config"]["targets"])})
     adapter = attach_adapter(model, config)

@@ -9,7 +9,8 @@ Output:
   column per setting, so plots can select and group steps by any setting.
 - runs frame: one row per run: identity, one column per setting (lists and
   dicts as JSON strings), `<metric>_last5` / `<metric>_whole` for every step
-  metric, eval metrics, the full invocation, timing and git provenance.
+  metric, eval metrics, the command rebuilding the run (`invocation`) and the snakemake command
+  line that built it (`command`), timing and git provenance.
 
 A run whose files are missing or unreadable raises RunDataError naming the run
 and the file; nothing is dropped silently.
@@ -35,8 +36,8 @@ from vhack.metrics import LAST_N, REQUIRED_STEP_COLUMNS, summarize_steps
 
 RUN_JSON, METRICS_FILE, EVAL_FILE = "run.json", "metrics.parquet", "eval.parquet"
 IDENTITY = ("run", "arm", "seed", "tags")
-RUN_COLUMNS = IDENTITY + ("status", "n_steps", "null_cin", "basis_control", "invocation", "snakemake", "started_at",
-                          "finished_at", "wall_seconds", "git_commit", "git_dirty", "host", "device",
+RUN_COLUMNS = IDENTITY + ("status", "n_steps", "null_cin", "basis_control", "invocation", "command", "snakemake",
+                          "started_at", "finished_at", "wall_seconds", "git_commit", "git_dirty", "host", "device",
                           "versions", "run_dir")
 SUMMARY_SUFFIXES = (f"_last{LAST_N}", "_whole")
 EVAL_PREFIX = "eval_"
@@ -153,7 +154,9 @@ def _run_info(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "status": meta.get("status", "complete"),
         "null_cin": float(meta["null_cin"]) if meta.get("null_cin") is not None else np.nan,
         "basis_control": _basis_control(meta),
-        "invocation": shlex.join(invocation["argv"]) if invocation.get("argv") else "",
+        # the command rebuilding just this run; runs trained outside snakemake have their own argv
+        "invocation": invocation.get("rebuild") or (shlex.join(invocation["argv"]) if invocation.get("argv") else ""),
+        "command": invocation.get("command", ""),   # the snakemake command line that built it
         "snakemake": invocation.get("snakemake", ""),
         "started_at": started,
         "finished_at": finished,

@@ -1,11 +1,13 @@
 """Held-out evaluation of a trained adapter on the test split.
 
 Hack rate is measured with each problem's loophole hint in the prompt; solve
-rate without any hint (mode `none`), both per loophole mode.
+rate without any hint (mode `none`), both per loophole mode. Every graded completion is kept
+(eval_samples.parquet beside eval.parquet).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -14,26 +16,36 @@ from .problems import Problem
 
 
 def generate_and_grade(backend, tokenizer, problems: Sequence[Problem], modes: Sequence[str], grader, samples: int,
-                       sampling, seed: int, style: str, enable_thinking: bool = False) -> list:
-    """One grade per completion, prompt-major: problems[i] under modes[i], `samples` each."""
+                       sampling, seed: int, style: str, enable_thinking: bool = False) -> tuple[list, list]:
+    """(completions, grades), prompt-major: problems[i] under modes[i], `samples` each."""
     from .models import chat_prompt
     from .prompts import build_messages
     prompts = [chat_prompt(tokenizer, build_messages(p, m, style=style), enable_thinking=enable_thinking)
                for p, m in zip(problems, modes)]
     completions = backend.generate(prompts, samples, sampling, seed=seed)
-    return grader.grade_many([(c.text, problems[c.prompt_index], modes[c.prompt_index]) for c in completions])
+    return completions, grader.grade_many([(c.text, problems[c.prompt_index], modes[c.prompt_index])
+                                           for c in completions])
+
+
+def sample_records(problems: Sequence[Problem], assigned_modes: Sequence[str], completions, grades) -> list[dict]:
+    """One record per graded completion (vhack.samples.EVAL_SAMPLE_COLUMNS); `mode` is the problem's
+    assigned loophole mode, `prompt_mode` the hint it was prompted with (the mode, or none)."""
+    return [{"problem_id": problems[c.prompt_index].id, "mode": assigned_modes[c.prompt_index],
+             "prompt_mode": g.mode, "sample_index": c.sample_index, "completion": c.text, "num_tokens": c.num_tokens,
+             **{k: v for k, v in asdict(g).items() if k != "mode"}} for c, g in zip(completions, grades)]
 
 
 def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], assigned: Mapping[str, str], grader,
                      samples: int, max_new_tokens: int, temperature: float, seed: int, style: str,
-                     backend_name: str = "hf", enable_thinking: bool = False) -> pd.DataFrame:
+                     backend_name: str = "hf", enable_thinking: bool = False) -> tuple[pd.DataFrame, list[dict]]:
+    """(per-mode rates plus mode="all", every graded completion as a record)."""
     from .rollout import SamplingConfig, make_backend
     backend = make_backend(backend_name, model, tokenizer, adapter=adapter)
     sampling = SamplingConfig(temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens)
     problem_modes = [assigned[p.id] for p in problems]
-    hinted = generate_and_grade(backend, tokenizer, problems, problem_modes, grader, samples, sampling, seed, style,
+    hinted_completions, hinted = generate_and_grade(backend, tokenizer, problems, problem_modes, grader, samples, sampling, seed, style,
                                 enable_thinking)
-    plain = generate_and_grade(backend, tokenizer, problems, ["none"] * len(problems), grader, samples, sampling,
+    plain_completions, plain = generate_and_grade(backend, tokenizer, problems, ["none"] * len(problems), grader, samples, sampling,
                                seed + 1, style, enable_thinking)
     backend.close()
     row_modes = [m for m in problem_modes for _ in range(samples)]
@@ -48,4 +60,6 @@ def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], ass
     overall = pd.DataFrame({"n": [len(frame)], "hack_rate": [frame.exploited.mean()],
                             "hinted_solve_rate": [frame.hinted_gt.mean()], "solve_rate": [frame.solved.mean()]},
                            index=pd.Index(["all"], name="mode"))
-    return pd.concat([per_mode, overall]).reset_index()
+    samples = (sample_records(problems, problem_modes, hinted_completions, hinted)
+               + sample_records(problems, problem_modes, plain_completions, plain))
+    return pd.concat([per_mode, overall]).reset_index(), samples

@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from .grpo import TrainConfig
 from .io import write_json, write_parquet
+from .metrics import LAST_N
 from .provenance import now, provenance
+from .samples import EVAL_SAMPLE_COLUMNS, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +105,16 @@ def select_pairs(pairs, basis_params: Mapping[str, Any]):
 
 
 def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: str, compute: Mapping[str, Any],
-                 snakemake_job: str | None = None) -> pd.DataFrame:
-    """Train one run into `out_dir` (metrics.parquet, adapter.safetensors, run.json)."""
+                 snakemake_job: str | None = None, tracking: Mapping[str, Any] | None = None,
+                 targets: Sequence[str] = ()) -> pd.DataFrame:
+    """Train one run into `out_dir` (metrics.parquet, samples.parquet, adapter files, run.json).
+
+    `tracking` (the config's tracking: section) picks the live trackers; `targets` are the job's
+    outputs, for the rebuild command in run.json.
+    """
     from .problems import read_problems
     from .rollout import make_backend
+    from .tracking import TrackingConfig, open_tracker
     from .trainer import RunContext, settings_hash, train
 
     started = now()
@@ -139,9 +147,17 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
                          grader=grader, problems=problems, modes=modes, all_modes=tuple(loopholes["modes"]),
                          prompt_style=loopholes.get("prompt_style", "full"), teacher_cache=cache, basis=basis,
                          refresh=refresh, micro_batch=compute.get("micro_batch_size", 16),
-                         enable_thinking=params["student"].get("enable_thinking", False))
-        frame = train(ctx, out_dir, settings_hash({**params, "seed": seed}), progress=compute.get("progress", True))
+                         enable_thinking=params["student"].get("enable_thinking", False),
+                         tracker=open_tracker(TrackingConfig.from_config(tracking), out_dir, params["run"],
+                                              params["arm"], params))
+        try:
+            frame = train(ctx, out_dir, settings_hash({**params, "seed": seed}),
+                          progress=compute.get("progress", True))
+        finally:
+            ctx.tracker.close()
     backend.close()
+    if adapter.kind == "lora":   # also in peft's own layout: PeftModel.from_pretrained(base, out_dir) loads it
+        adapter.save_peft(out_dir)
     null_cin = math.nan
     if basis is not None:
         from .basis import null_cin_level
@@ -149,14 +165,18 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     write_json(Path(out_dir) / "run.json", {
         "run": params["run"], "arm": params["arm"], "seed": seed, "settings": params["settings"],
         "tags": list(cfg.tags), "params": params, "started_at": started, "finished_at": now(),
-        "null_cin": null_cin, "status": "complete", **provenance(snakemake_job),
+        "null_cin": null_cin, "status": "complete", **provenance(snakemake_job, targets),
     })
+    log.info("finished %s: last-%d hack %.3f, solve %.3f", params["run"], LAST_N, frame["hack_s"].tail(LAST_N).mean(),
+             frame["gt_s"].tail(LAST_N).mean(), extra={"console": True})
     return frame
 
 
 def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_path: str,
-                   compute: Mapping[str, Any]) -> pd.DataFrame:
-    """The final adapter on the test split: hack rate with loophole hints, solve rate without, per mode."""
+                   compute: Mapping[str, Any], samples_path: str | None = None) -> pd.DataFrame:
+    """The final adapter on the test split: hack rate with loophole hints, solve rate without, per mode.
+
+    `samples_path`: where the graded completions go (vhack.samples.EVAL_SAMPLE_COLUMNS)."""
     from .evaluation import evaluate_adapter
     from .problems import read_problems
     cfg = TrainConfig.from_settings(params["settings"])
@@ -164,13 +184,15 @@ def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_pat
     adapter.load(inputs["adapter"])
     problems = read_problems(inputs["problems"], split="test")
     with make_grader(params["grader"]) as grader:
-        frame = evaluate_adapter(model, tokenizer, adapter, problems, assigned_modes(problems, params["loopholes"]),
+        frame, samples = evaluate_adapter(model, tokenizer, adapter, problems, assigned_modes(problems, params["loopholes"]),
                                  grader, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, seed=int(params["seed"]),
                                  style=params["loopholes"].get("prompt_style", "full"),
                                  backend_name=params["rollout"].get("backend", "hf"),
                                  enable_thinking=params["student"].get("enable_thinking", False))
     write_parquet(out_path, frame)
+    if samples_path:
+        write_samples(samples_path, samples, EVAL_SAMPLE_COLUMNS)
     return frame
 
 

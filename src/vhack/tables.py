@@ -56,10 +56,11 @@ class QuestionTable:
     table: str                        # the Markdown table alone
     legend: str
     notes: str                        # by design / confounds / not finished
+    heldout: str = ""                 # the held-out evaluation beside the training last-5 numbers
 
     @property
     def markdown(self) -> str:
-        return f"{self.table}\n{self.legend}\n\n{self.notes}"
+        return f"{self.table}\n{self.legend}\n\n{self.notes}\n{self.heldout}"
 
 
 def question_metrics(question: Question) -> tuple[str, ...]:
@@ -298,7 +299,31 @@ def question_table(runs_df: pd.DataFrame, question: Question,
     return QuestionTable(question, frame, metrics, by_design, confounds, missing, same,
                          table=render_table(frame, metrics, show_reference),
                          legend=legend(metrics, show_reference),
-                         notes=render_notes(by_design, confounds, missing, same_training_notes(question, runs, same)))
+                         notes=render_notes(by_design, confounds, missing, same_training_notes(question, runs, same)),
+                         heldout=heldout_table(question, runs))
+
+
+def heldout_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
+    """Training last-5 hack and solve, then eval hack and solve overall and eval hack per loophole mode."""
+    modes = sorted(c[len("eval_hack_"):] for c in runs.columns if c.startswith("eval_hack_"))
+    return HEADLINE_METRICS + ("eval_hack", "eval_solve") + tuple(f"eval_hack_{m}" for m in modes)
+
+
+def heldout_table(question: Question, runs: pd.DataFrame) -> str:
+    """Per row: the training last-5 numbers beside the held-out evaluation (mean ± SE over seeds)."""
+    metrics = [m for m in heldout_metrics(runs) if m in HEADLINE_METRICS or m in runs]
+    if len(metrics) == len(HEADLINE_METRICS):
+        return "Held-out evaluation: none finished yet.\n"
+    header = ["row", *(f"{short_name(m)}{' (train)' if m in HEADLINE_METRICS else ''}" for m in metrics), "n"]
+    lines = ["Held-out evaluation (test split; eval hack with each problem's loophole hint in the prompt, eval solve "
+             f"with no hint, mode `none`), beside the training last-{LAST_N} numbers:", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in question.rows:
+        r = row_stats(row, None, runs, metrics)
+        cells = [_escape(row.label), *(_value(r[m], r[f"{m}_se"], r["n"]) for m in metrics),
+                 f"{r['n']}{SUGGESTIVE if r['n'] == 1 else ''}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ---- rendering ----
@@ -391,15 +416,22 @@ def runs_table(runs_df: pd.DataFrame) -> str:
     common = ", ".join(f"{c}={spelled[c].iloc[0]}" for c in settings if c not in varying)
     groups = order.groupby("config_", sort=False)  # first-seen order = order of each group's first start
     lines = [f"{len(runs_df)} runs in {groups.ngroups} configurations.", "", f"Common settings: {common}.", ""]
+    commands = [c for c in runs_df.get("command", pd.Series(dtype=str)).dropna().unique() if c]
+    if commands:
+        lines += ["Built by: " + "; ".join(f"`{_escape(c)}`" for c in commands) + ". The invocation column "
+                  "rebuilds one run (same config files and overrides).", ""]
     for name, group in groups:
         lines += [f"### {_escape(name)}", "",
-                  "| run | seed | tags | started (UTC) | wall s | hack | solve | commit | invocation |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| run | seed | tags | started (UTC) | wall s | hack | solve | eval hack | eval solve | commit "
+                  "| invocation |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in group.to_dict("records"):
             start = "—" if pd.isna(r["started_at"]) else r["started_at"].strftime("%Y-%m-%d %H:%M")
             commit = f"{r['git_commit']}{'+dirty' if r['git_dirty'] else ''}"
             lines.append(f"| {r['run']} | {r['seed']} | {r['tags']} | {start} | {_number(r['wall_seconds'], '.0f')}"
-                         f" | {_number(r['hack_s_last5'])} | {_number(r['gt_s_last5'])} | {commit} | "
+                         f" | {_number(r['hack_s_last5'])} | {_number(r['gt_s_last5'])}"
+                         f" | {_number(r.get('eval_hack', math.nan))} | {_number(r.get('eval_solve', math.nan))}"
+                         f" | {commit} | "
                          f"`{_escape(r['invocation'])}` |")
         lines.append("")
     return "\n".join(lines)

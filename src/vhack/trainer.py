@@ -26,6 +26,8 @@ from .grpo import Batch, TrainConfig, backward_rows, group_advantages, loss_deno
 from .io import write_parquet
 from .problems import Problem
 from .projection import ProjectionConfig, hackward_fraction, project_gradients_, project_update_, snapshot
+from .grader import GRADE_FIELDS
+from .samples import read_samples, step_samples, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class RunContext:
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions
     projection: ProjectionConfig = field(init=False)     # how gradients (and updates) are projected
     project_update: bool = field(init=False)             # also clean the applied change (see __post_init__)
+    samples: list[dict] = field(default_factory=list)    # every trained row so far (vhack.samples records)
+    tracker: Any | None = None                           # vhack.tracking.Tracker: live per-step curves
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -128,6 +132,9 @@ class Row:
     off_policy: bool           # a cached teacher row (advantage-weighted imitation)
     grade: dict
     mode: str
+    problem_id: str
+    text: str                  # the completion as generated (student) or cached (teacher)
+    num_tokens: int | None
 
 
 @dataclass
@@ -152,13 +159,14 @@ def score(ctx: RunContext, sampled: Sampled) -> list[Row]:
                                     for c in sampled.completions])
     prompt_ids = [tok(prompt_text(ctx, p), add_special_tokens=False)["input_ids"] for p in problems]
     rows = [Row(c.prompt_index, prompt_ids[c.prompt_index], list(c.token_ids), g.reward, False, asdict(g),
-                ctx.modes[problems[c.prompt_index].id]) for c, g in zip(sampled.completions, grades)]
+                ctx.modes[problems[c.prompt_index].id], problems[c.prompt_index].id, c.text, c.num_tokens)
+            for c, g in zip(sampled.completions, grades)]
     for group, (problem, cached) in enumerate(zip(problems, sampled.teachers)):
         for t in cached:
             ids = tok(t["completion"], add_special_tokens=False)["input_ids"][: ctx.cfg.max_new_tokens - 1]
             rows.append(Row(group, prompt_ids[group], ids + [tok.eos_token_id], float(t["reward"]), True,
-                            {k: t[k] for k in ("passed", "gt_correct", "exploited", "format_ok")},
-                            ctx.modes[problem.id]))
+                            {k: t[k] for k in GRADE_FIELDS if k in t}, ctx.modes[problem.id], problem.id,
+                            t["completion"], t.get("num_tokens")))
     return sorted(rows, key=lambda row: row.group)   # stable: student rows stay ahead of teacher rows
 
 
@@ -315,6 +323,7 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, An
     rows = score(ctx, sampled)
     clock["scored"] = time.perf_counter()
     advantage, zero_var = advantages(rows, ctx.cfg.advantage)
+    ctx.samples += step_samples(step, rows, advantage)
     g_student, g_teacher, loss_stats = backward_by_part(ctx, optimizer, rows, advantage)
     clock["backward"] = time.perf_counter()
     measured = project(ctx, g_student, g_teacher)
@@ -366,6 +375,7 @@ def save_checkpoint(ckpt_dir: Path, ctx: RunContext, optimizer, scheduler, step:
                 "run_hash": run_hash, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
                 "basis": ctx.basis if ctx.cfg.refresh_every else None}, tmp / "state.pt")
     pd.DataFrame(rows).to_parquet(tmp / "metrics.parquet", index=False)
+    write_samples(tmp / "samples.parquet", ctx.samples)
     if ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     tmp.rename(ckpt_dir)
@@ -388,12 +398,17 @@ def load_checkpoint(ckpt_dir: Path, ctx: RunContext, optimizer, scheduler, run_h
     if state.get("basis") is not None:
         ctx.basis = state["basis"]
     ctx.backend.update_weights(ctx.adapter)
+    if (ckpt_dir / "samples.parquet").exists():
+        ctx.samples = read_samples(ckpt_dir / "samples.parquet").to_dict("records")
+    else:
+        log.warning("checkpoint %s has no samples.parquet: samples.parquet will lack steps 0-%d", ckpt_dir,
+                    state["step"])
     log.info("resumed from %s after step %d", ckpt_dir, state["step"])
     return state["step"] + 1, pd.read_parquet(ckpt_dir / "metrics.parquet").to_dict("records")
 
 
 def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the loop; writes metrics.parquet and adapter.safetensors into out_dir."""
+    """Run (or resume) the loop; writes metrics.parquet, samples.parquet and adapter.safetensors into out_dir."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -404,6 +419,8 @@ def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = 
     for step in bar:
         metrics = train_step(ctx, optimizer, scheduler, step)
         rows.append(metrics)
+        if ctx.tracker is not None:
+            ctx.tracker.log_step(step, metrics)
         bar.set_postfix(hack_s=f"{metrics['hack_s']:.2f}", gt_s=f"{metrics['gt_s']:.2f}", cin=f"{metrics['cin']:.3f}", refresh=False)
         log.info("step %d %s", step, json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                  for k, v in metrics.items()}))
@@ -412,6 +429,7 @@ def train(ctx: RunContext, out_dir: str | Path, run_hash: str, progress: bool = 
             save_checkpoint(ckpt_dir, ctx, optimizer, scheduler, step, rows, run_hash)
     frame = pd.DataFrame(rows)
     write_parquet(out_dir / "metrics.parquet", frame)
+    write_samples(out_dir / "samples.parquet", ctx.samples)
     ctx.adapter.save(out_dir / "adapter.safetensors")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return frame

@@ -9,4 +9,5 @@ with compute_slot(snakemake.threads):
         inputs=dict(snakemake.input.items()),
         out_path=snakemake.output.evals,
         compute=snakemake.config.get("compute", {}),
+        samples_path=snakemake.output.samples,
     )

@@ -12,4 +12,6 @@ with compute_slot(snakemake.threads):
         out_dir=str(Path(snakemake.output.metrics).parent),
         compute=snakemake.config.get("compute", {}),
         snakemake_job=f"rule {snakemake.rule}, output {list(snakemake.output)}",
+        tracking=snakemake.config.get("tracking", {}),
+        targets=[snakemake.output.metrics],
     )

@@ -2,16 +2,35 @@
 import os
 import sys
 
-from vhack.config import ConfigError, load_config
+import yaml
+from snakemake.utils import update_config
+
+from vhack.config import ConfigError, load_config, typed_values
 from vhack.experiments import expand_questions
 from vhack.report import FIGURE_KINDS
 
+
+def shown_path(path):
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def config_sources():
+    """What was merged into `config`, in order: the Snakefile's configfile, each --configfile, --config."""
+    cli_files = [str(f) for f in workflow.config_settings.configfiles]
+    files = [str(f) for f in workflow.configfiles[len(cli_files):]] + cli_files
+    sources = [(shown_path(f), yaml.safe_load(open(f)) or {}) for f in files]
+    return sources + [("--config", typed_values(dict(workflow.config_settings.config)))]
+
+
+SOURCES = config_sources()
+update_config(config, SOURCES[-1][1])   # nested --config values as YAML types, merged deeply
 try:
-    config.update(load_config(config, base_dir=workflow.basedir))
+    config.update(load_config(config, base_dir=workflow.basedir, sources=SOURCES))
+    RUNS, QUESTIONS = expand_questions(config)
 except ConfigError as err:
     sys.exit(f"vhack: {err}")
 
-RUNS, QUESTIONS = expand_questions(config)
 THREADS = config.get("threads_per_job", 1)
 TOY_MODELS = config.get("toy_models", {})
 

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .config import ConfigError
+
 ROW_KEYS = ("label", "arm")  # row keys that are not settings
 
 
@@ -71,11 +73,11 @@ def run_name(arm: str, overrides: Mapping[str, Any], seed: int) -> str:
 def resolve_run(defaults: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
                 arm: str, overrides: Mapping[str, Any], seed: int) -> RunSpec:
     if arm not in arms:
-        raise KeyError(f"unknown arm {arm!r}; declared arms: {sorted(arms)} (config key: arms)")
+        raise ConfigError(f"unknown arm {arm!r}; declared arms: {sorted(arms)} (config key: arms)")
     base = {**defaults, **arms[arm]}
     unknown = sorted(set(overrides) - set(base))
     if unknown:
-        raise KeyError(f"unknown training setting(s) {unknown}; allowed: {sorted(base)} (config key: train)")
+        raise ConfigError(f"unknown training setting(s) {unknown}; allowed: {sorted(base)} (config key: train)")
     diffs = {k: v for k, v in overrides.items() if base[k] != v}
     settings = {**base, **diffs}
     return RunSpec(run_name(arm, diffs, seed), arm, int(seed), settings, diffs)
@@ -99,7 +101,7 @@ def expand_questions(config: Mapping[str, Any]) -> tuple[dict[str, RunSpec], dic
             rows.append(QuestionRow(row["label"], row["arm"], overrides, tuple(s.name for s in specs)))
         labels = [r.label for r in rows]
         if q["baseline"] not in labels:
-            raise KeyError(f"questions.{qid}.baseline {q['baseline']!r} is not a row label; rows: {labels}")
+            raise ConfigError(f"questions.{qid}.baseline {q['baseline']!r} is not a row label; rows: {labels}")
         questions[qid] = Question(qid, q["title"], q.get("why", ""), tuple(q.get("vary", ())),
                                   q["baseline"], tuple(rows), seeds, fixed, q.get("notes", ""),
                                   tuple(q.get("match", ())), tuple(q.get("metrics", ())))

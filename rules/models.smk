@@ -9,6 +9,8 @@ rule train_tokenizer:
     params:
         spec=config.get("toy_tokenizer", {}),
         loopholes=config["loopholes"],
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/models/toy_tokenizer.log",
     script:
@@ -24,10 +26,11 @@ rule pretrain_toy_model:
     params:
         spec=lambda w: TOY_MODELS[w.toy_model],
         loopholes=config["loopholes"],
-        grader=config["grader"],
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/models/{toy_model}.log",
     benchmark:

@@ -9,10 +9,12 @@ rule train:
         run_json=run_output("results/runs/{run}/run.json"),
         adapter=run_output("results/runs/{run}/adapter.safetensors"),
     params:
-        run=run_params,
+        run=train_params,
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/runs/{run}/train.log",
     benchmark:
@@ -27,10 +29,12 @@ rule evaluate:
     output:
         evals="results/runs/{run}/eval.parquet",
     params:
-        run=run_params,
+        run=eval_params,
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/runs/{run}/evaluate.log",
     benchmark:

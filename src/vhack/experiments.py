@@ -9,6 +9,8 @@ produce the same name, so Snakemake runs it once.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -106,3 +108,33 @@ def expand_questions(config: Mapping[str, Any]) -> tuple[dict[str, RunSpec], dic
                                   q["baseline"], tuple(rows), seeds, fixed, q.get("notes", ""),
                                   tuple(q.get("match", ())), tuple(q.get("metrics", ())))
     return runs, questions
+
+
+TABLE_TARGET = re.compile(r"^results/(?P<question>[^/]+)_table\.md$")
+RUN_TARGET = re.compile(r"^results/runs/(?P<run>[^/]+)(/|$)")
+
+
+def _closest(name: str, names) -> str:
+    """The declared name sharing the longest prefix with `name`, then the most similar."""
+    def score(candidate: str) -> tuple[int, float]:
+        prefix = len(os.path.commonprefix([name, candidate]))
+        return prefix, difflib.SequenceMatcher(None, name, candidate).ratio()
+    best = max(sorted(names), key=score, default=None)
+    return f"did you mean {best!r}? " if best else ""
+
+
+def check_targets(targets, runs: Mapping[str, RunSpec], questions: Mapping[str, Question]) -> None:
+    """Refuse a target no question declares (a table or a run), naming the closest declared one."""
+    errors = []
+    for target in targets:
+        path = str(target).removeprefix("./")
+        table, run = TABLE_TARGET.match(path), RUN_TARGET.match(path)
+        if table and table["question"] not in questions and table["question"] != "runs":
+            errors.append(f"  {path}: no question {table['question']!r}; {_closest(table['question'], questions)}"
+                          f"declared questions (config questions_file): {sorted(questions)}")
+        elif run and run["run"] not in runs:
+            errors.append(f"  {path}: no declared question needs a run {run['run']!r}; "
+                          f"{_closest(run['run'], runs)}{len(runs)} runs are declared "
+                          f"(results/runs_table.md lists them after a build)")
+    if errors:
+        raise ConfigError("unknown target:\n" + "\n".join(errors))

@@ -88,3 +88,9 @@ def test_nested_command_line_values_become_yaml_types():
     # what Snakemake's --config 'train={steps: 5, mix: 0.25, tags: [a]}' leaves in the config
     assert typed_values({"train": {"steps": "5", "mix": "0.25", "tags": ["a"], "k_use": "null"}}) == {
         "train": {"steps": 5, "mix": 0.25, "tags": ["a"], "k_use": None}}
+
+
+def test_renamed_values_say_what_to_write():
+    msg = error({"train": {"advantage": "dr_grpo", "loss_agg": "dr_grpo"}})
+    assert "train.advantage = 'dr_grpo' (in overlay0.yaml): renamed; write 'centered'" in msg
+    assert "train.loss_agg = 'dr_grpo' (in overlay0.yaml): renamed; write 'fixed_denominator'" in msg

@@ -65,7 +65,7 @@ def test_student_and_teacher_gradients_sum_to_the_whole(tiny_qwen3, grader):
     ids = [[3, 4, 5]] * 4
     batch = make_batch(ids, [[6, 7, 8], [9, 10], [6, 6, 6, 6], [11]], [0.5, -0.5, 1.0, -1.0],
                        [False, False, True, True], ctx.tokenizer.pad_token_id)
-    denominator = loss_denominator("dr_grpo", batch.completion_mask, len(batch), 12)
+    denominator = loss_denominator("fixed_denominator", batch.completion_mask, len(batch), 12)
     g_s, g_t, _ = split_gradients(ctx, batch, denominator)
     g_all = {n: g.clone() for n, g in ctx.adapter.flat_grads().items()}
     ctx.adapter.zero_()

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,15 @@ class AdapterConfig:
     lora_dropout: float = 0.0
     svd_cache_dir: str | None = None  # U, Vᵀ per weight, keyed by a hash of the weight
     init_seed: int = 0  # LoRA's random A is part of the space a basis lives in: same seed for basis and runs
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], svd_cache_dir: str = "results/cache/svd") -> "AdapterConfig":
+        """From a config `adapters.<name>` entry (kind, targets, rank, alpha, init_seed)."""
+        names = {"targets": "targets", "rank": "lora_rank", "alpha": "lora_alpha", "init_seed": "init_seed"}
+        kw = {field: cfg[key] for key, field in names.items() if key in cfg}
+        if "targets" in kw:
+            kw["targets"] = tuple(kw["targets"])
+        return cls(kind=cfg["kind"], svd_cache_dir=svd_cache_dir, **kw)
 
 
 class Adapter:

@@ -16,35 +16,23 @@ import pandas as pd
 import torch
 
 from .grpo import TrainConfig
-from .specs import EVAL_SETTINGS, BasisSpec, ComputeSpec, GraderSpec, LoopholeSpec, RolloutSpec
+from .adapters import AdapterConfig
+from .models import ModelSpec
+from .specs import EVAL_SETTINGS, BasisSpec, ComputeSpec, GraderSpec, LoopholeSpec, TrainingRun
 from .io import write_json, write_parquet
 from .provenance import now, provenance
 
 log = logging.getLogger(__name__)
 
 
-def adapter_config(cfg: Mapping[str, Any], cache_dir: str = "results/cache/svd"):
-    from .adapters import AdapterConfig
-    kw = {"kind": cfg["kind"], "svd_cache_dir": cache_dir}
-    if "targets" in cfg:
-        kw["targets"] = tuple(cfg["targets"])
-    if "rank" in cfg:
-        kw["lora_rank"] = cfg["rank"]
-    if "alpha" in cfg:
-        kw["lora_alpha"] = cfg["alpha"]
-    if "init_seed" in cfg:
-        kw["init_seed"] = cfg["init_seed"]
-    return AdapterConfig(**kw)
-
-
-def load_student(model: Mapping[str, Any], adapter: Mapping[str, Any]):
+def load_student(model: ModelSpec, adapter: AdapterConfig):
     """(model, tokenizer, adapter) with the adapter attached and the base frozen."""
     from .adapters import attach_adapter
-    from .models import ModelSpec, load_model
-    net, tokenizer = load_model(ModelSpec.from_config(model))
+    from .models import load_model
+    net, tokenizer = load_model(model)
     for p in net.parameters():
         p.requires_grad_(False)
-    return net, tokenizer, attach_adapter(net, adapter_config(adapter))
+    return net, tokenizer, attach_adapter(net, adapter)
 
 
 def load_run_basis(path: str, model, adapter, cfg: TrainConfig):
@@ -91,15 +79,12 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     from .trainer import RunContext, settings_hash, train
 
     started = now()
-    cfg = TrainConfig.from_settings(params["settings"])
-    loopholes = LoopholeSpec.from_config(params["loopholes"])
-    rollout = RolloutSpec.from_config(params["rollout"])
-    enable_thinking = params["student"].get("enable_thinking", False)
-    seed = int(params["seed"])
-    torch.manual_seed(seed)
-    model, tokenizer, adapter = load_student(params["student"], params["adapter"])
+    run = TrainingRun.from_params(params)
+    cfg = run.settings
+    torch.manual_seed(run.seed)
+    model, tokenizer, adapter = load_student(run.student, run.adapter)
     problems = read_problems(inputs["problems"], split="train")
-    modes = loopholes.assigned_modes(problems)
+    modes = run.loopholes.assigned_modes(problems)
     problems = [p for p in problems if modes[p.id] in cfg.train_modes]
     if not problems:
         raise ValueError(f"no train problems are assigned to train_modes {cfg.train_modes}")
@@ -108,23 +93,24 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     if "basis" in inputs:
         basis = load_run_basis(inputs["basis"], model, adapter, cfg)
         if cfg.refresh_every:
-            refresh = make_refresh(inputs["pairs"], BasisSpec.from_config(params["basis"]["name"], params["basis"]),
-                                   cfg, loopholes.prompt_style, seed, enable_thinking)
-    backend = make_backend(rollout.backend, model, tokenizer, adapter=adapter, **rollout.options)
-    with GraderSpec.from_config(params["grader"]).make(compute.grader_workers) as grader:
-        ctx = RunContext(cfg=cfg, seed=seed, model=model, tokenizer=tokenizer, adapter=adapter, backend=backend,
-                         grader=grader, problems=problems, modes=modes, all_modes=loopholes.modes,
-                         prompt_style=loopholes.prompt_style, teacher_cache=cache, basis=basis,
-                         refresh=refresh, micro_batch=compute.micro_batch_size, enable_thinking=enable_thinking)
-        frame = train(ctx, out_dir, settings_hash({**params, "seed": seed}), progress=compute.progress)
+            refresh = make_refresh(inputs["pairs"], run.basis, cfg, run.loopholes.prompt_style, run.seed,
+                                   run.student.enable_thinking)
+    backend = make_backend(run.rollout.backend, model, tokenizer, adapter=adapter, **run.rollout.options)
+    with run.grader.make(compute.grader_workers) as grader:
+        ctx = RunContext(cfg=cfg, seed=run.seed, model=model, tokenizer=tokenizer, adapter=adapter, backend=backend,
+                         grader=grader, problems=problems, modes=modes, all_modes=run.loopholes.modes,
+                         prompt_style=run.loopholes.prompt_style, teacher_cache=cache, basis=basis,
+                         refresh=refresh, micro_batch=compute.micro_batch_size,
+                         enable_thinking=run.student.enable_thinking)
+        frame = train(ctx, out_dir, settings_hash({**params, "seed": run.seed}), progress=compute.progress)
     backend.close()
     null_cin = math.nan
     if basis is not None:
         from .basis import null_cin_level
         null_cin = null_cin_level(basis, adapter.module_sizes())
     write_json(Path(out_dir) / "run.json", {
-        "run": params["run"], "arm": params["arm"], "seed": seed, "settings": params["settings"],
-        "tags": list(cfg.tags), "params": params, "resolved": asdict(cfg), "started_at": started,
+        "run": run.name, "arm": run.arm, "seed": run.seed, "settings": params["settings"],
+        "tags": list(cfg.tags), "params": params, "resolved": asdict(run), "started_at": started,
         "finished_at": now(), "null_cin": null_cin, "status": "complete", **provenance(snakemake_job),
     })
     return frame
@@ -138,7 +124,8 @@ def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_pat
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     settings = {**{k: defaults[k] for k in EVAL_SETTINGS}, **params["settings"]}
     loopholes = LoopholeSpec.from_config(params["loopholes"])
-    model, tokenizer, adapter = load_student(params["student"], params["adapter"])
+    student = ModelSpec.from_config(params["student"])
+    model, tokenizer, adapter = load_student(student, AdapterConfig.from_config(params["adapter"]))
     adapter.load(inputs["adapter"])
     problems = read_problems(inputs["problems"], split="test")
     with GraderSpec.from_config(params["grader"]).make(compute.grader_workers) as grader:
@@ -146,7 +133,7 @@ def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_pat
                                  samples=settings["test_samples"], max_new_tokens=settings["max_new_tokens"],
                                  temperature=settings["temperature"], seed=int(params["seed"]),
                                  style=loopholes.prompt_style, backend_name=params["backend"],
-                                 enable_thinking=params["student"].get("enable_thinking", False))
+                                 enable_thinking=student.enable_thinking)
     write_parquet(out_path, frame)
     return frame
 
@@ -159,17 +146,17 @@ def run_basis_extraction(params: Mapping[str, Any], pairs_path: str, out_path: s
     from .models import weight_hash
     from .pairs import load_pair_set
     spec = BasisSpec.from_config(params["basis"]["name"], params["basis"])
-    model = params["model"]
-    net, tokenizer, adapter_obj = load_student(model, params["adapter"])
+    model = ModelSpec.from_config(params["model"])
+    net, tokenizer, adapter_obj = load_student(model, AdapterConfig.from_config(params["adapter"]))
     pair_file = load_pair_set(pairs_path)
     pairs = spec.select_pairs(pair_file.pairs)
     t0 = time.perf_counter()
     basis = extract_basis(net, tokenizer, adapter_obj, pairs, spec.extraction(), seed=spec.seed,
-                          style=params["prompt_style"], enable_thinking=model.get("enable_thinking", False))
+                          style=params["prompt_style"], enable_thinking=model.enable_thinking)
     seconds = time.perf_counter() - t0
     basis.metadata.update({
         "name": spec.name, "pair_set": spec.pairs, "pair_set_hash": pair_file.content_hash, "n_pairs": len(pairs),
-        "model": model["path"], "model_hash": weight_hash(net), "adapter_kind": adapter_obj.kind,
+        "model": model.path, "model_hash": weight_hash(net), "adapter_kind": adapter_obj.kind,
         "adapter_init_seed": adapter_obj.config.init_seed,
         "targets": list(adapter_obj.config.targets), "seed": spec.seed, "extract_seconds": seconds,
         "modes": sorted({p.mode for p in pairs}),

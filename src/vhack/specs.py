@@ -10,10 +10,14 @@ exactly what it affects.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .experiments import RunSpec
 from .grpo import TrainConfig
+
+if TYPE_CHECKING:
+    from .adapters import AdapterConfig
+    from .models import ModelSpec
 
 EVAL_SETTINGS = ("test_samples", "max_new_tokens", "temperature")   # the run settings evaluation reads
 COMPUTE_GRADER_KEYS = ("workers",)
@@ -103,6 +107,40 @@ class BasisSpec:
 
     def select_pairs(self, pairs) -> list:
         return [p for p in pairs if p.mode in self.modes] if self.modes else list(pairs)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training run, resolved once from its rule params (`train_params`); run.json stores it."""
+
+    name: str
+    arm: str
+    seed: int
+    settings: TrainConfig
+    student: ModelSpec
+    adapter: AdapterConfig
+    loopholes: LoopholeSpec
+    grader: GraderSpec
+    rollout: RolloutSpec
+    basis: BasisSpec | None = None     # only for a run that re-extracts its basis (refresh_every > 0)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "TrainingRun":
+        from .adapters import AdapterConfig
+        from .models import ModelSpec
+        basis = params.get("basis")
+        return cls(name=params["run"], arm=params["arm"], seed=int(params["seed"]),
+                   settings=TrainConfig.from_settings(params["settings"]),
+                   student=ModelSpec.from_config(params["student"]),
+                   adapter=AdapterConfig.from_config(params["adapter"]),
+                   loopholes=LoopholeSpec.from_config(params["loopholes"]),
+                   grader=GraderSpec.from_config(params["grader"]), rollout=RolloutSpec.from_config(params["rollout"]),
+                   basis=BasisSpec.from_config(basis["name"], basis) if basis else None)
+
+    @property
+    def teacher(self) -> str | None:
+        """The teacher whose cache the run draws from; None when G_t = 0."""
+        return self.settings.teacher if self.settings.teacher_rows else None
 
 
 # ---------------------------------------------------------------- what each rule depends on

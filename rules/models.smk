@@ -8,7 +8,7 @@ rule train_tokenizer:
         tokenizer="results/models/toy_tokenizer/tokenizer.json",
     params:
         spec=config.get("toy_tokenizer", {}),
-        loopholes=config["loopholes"],
+        loopholes=specs.prompt_params(config),
     conda:
         "../workflow/envs/vhack.yaml"
     log:
@@ -25,7 +25,7 @@ rule pretrain_toy_model:
         rates="results/models/{toy_model}/rates.json",
     params:
         spec=lambda w: TOY_MODELS[w.toy_model],
-        loopholes=config["loopholes"],
+        loopholes=specs.prompt_params(config),
     threads: THREADS
     resources:
         gpu=1,

@@ -61,3 +61,8 @@ def test_defaults_live_with_their_types(config):
     assert ComputeSpec.from_config(config) == ComputeSpec(micro_batch_size=config["compute"]["micro_batch_size"],
                                                           progress=True, grader_workers=config["grader"]["workers"])
     assert basis_params(config, "21pairs")["prompt_style"] == config["loopholes"]["prompt_style"]
+
+
+def test_a_config_key_without_a_field_is_an_error_not_dropped():
+    with pytest.raises(ValueError, match=r"GraderSpec has no field for config key\(s\) \['cpu_s'\]"):
+        GraderSpec.from_config({"timeout_s": 2.0, "cpu_s": 2})

@@ -23,9 +23,13 @@ EVAL_SETTINGS = ("test_samples", "max_new_tokens", "temperature")   # the run se
 COMPUTE_GRADER_KEYS = ("workers",)
 
 
-def _known(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _known(cls, cfg: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """cfg's keys as `cls` fields; a key the schema allows but `cls` lacks is an error, never dropped."""
     names = {f.name for f in fields(cls)}
-    return {k: v for k, v in cfg.items() if k in names}
+    unknown = sorted(set(cfg) - names - set(ignore))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field for config key(s) {unknown}: add them to vhack.specs")
+    return {k: v for k, v in cfg.items() if k in names and k not in ignore}
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class BasisSpec:
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any]) -> "BasisSpec":
-        s = {k: v for k, v in _known(cls, cfg).items() if k != "name"}
+        s = _known(cls, cfg, ignore=("name",))
         if s.get("modes") is not None:
             s["modes"] = tuple(s["modes"])
         return cls(name=name, **s)
@@ -184,6 +188,12 @@ def eval_params(config: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
             "student": model_params(config, s["student"]), "adapter": config["adapters"][s["adapter"]],
             "loopholes": config["loopholes"], "grader": results_grader(config, reward=False),
             "backend": config["rollout"].get("backend", "hf")}
+
+
+def prompt_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the toy tokenizer and toy models read of `loopholes`: the modes and the prompt style."""
+    spec = LoopholeSpec.from_config(config["loopholes"])
+    return {"modes": list(spec.modes), "prompt_style": spec.prompt_style}
 
 
 def basis_params(config: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ update_config(config, SOURCES[-1][1])   # nested --config values as YAML types, 
 try:
     config.update(load_config(config, base_dir=workflow.basedir, sources=SOURCES))
     RUNS, QUESTIONS = expand_questions(config)
+    specs.check_specs(config, RUNS)
 except ConfigError as err:
     sys.exit(f"vhack: {err}")
 

@@ -66,3 +66,12 @@ def test_defaults_live_with_their_types(config):
 def test_a_config_key_without_a_field_is_an_error_not_dropped():
     with pytest.raises(ValueError, match=r"GraderSpec has no field for config key\(s\) \['cpu_s'\]"):
         GraderSpec.from_config({"timeout_s": 2.0, "cpu_s": 2})
+
+
+def test_every_spec_resolves_before_any_job(config, runs):
+    from vhack.config import ConfigError
+    from vhack.specs import check_specs
+    check_specs(config, runs)
+    bad = {**config, "bases": {**config["bases"], "x": {**config["bases"]["full"], "tokens": 4}}}
+    with pytest.raises(ConfigError, match=r"BasisSpec has no field for config key\(s\) \['tokens'\]"):
+        check_specs(bad, runs)

@@ -147,6 +147,21 @@ class TrainingRun:
         return self.settings.teacher if self.settings.teacher_rows else None
 
 
+def check_specs(config: Mapping[str, Any], runs: Mapping[str, RunSpec]) -> None:
+    """Build every spec once at DAG time, so a key the schema allows but no spec reads fails before any job."""
+    from .config import ConfigError
+    try:
+        LoopholeSpec.from_config(config["loopholes"])
+        GraderSpec.from_config(config["grader"])
+        ComputeSpec.from_config(config)
+        for name, basis in config["bases"].items():
+            BasisSpec.from_config(name, basis)
+        for run in runs.values():
+            TrainConfig.from_settings(run.settings)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"config does not resolve to run specs: {err}") from err
+
+
 # ---------------------------------------------------------------- what each rule depends on
 
 def results_grader(config: Mapping[str, Any], reward: bool = True) -> dict[str, Any]:

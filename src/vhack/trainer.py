@@ -26,6 +26,7 @@ from .grpo import Batch, TrainConfig, backward_rows, group_advantages, loss_deno
 from .io import write_parquet
 from .problems import Problem
 from .projection import ProjectionConfig, hackward_fraction, project_gradients_, project_update_, snapshot
+from .specs import ComputeSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class RunContext:
     teacher_cache: pd.DataFrame | None
     basis: Any | None                  # vhack.basis.Basis
     refresh: Any | None = None         # callable(model, tokenizer, adapter) -> Basis
-    micro_batch: int = 16
+    micro_batch: int = ComputeSpec.micro_batch_size
     enable_thinking: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions

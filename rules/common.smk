@@ -1,13 +1,14 @@
 # Config validation and the input functions that turn config into targets.
 import os
 import sys
+from pathlib import Path
 
 import yaml
 from snakemake.utils import update_config
 
+from vhack import specs
 from vhack.config import ConfigError, load_config, typed_values
 from vhack.experiments import check_targets, expand_questions
-from vhack import specs
 from vhack.report import FIGURE_KINDS
 
 
@@ -20,7 +21,7 @@ def config_sources():
     """What was merged into `config`, in order: the Snakefile's configfile, each --configfile, --config."""
     cli_files = [str(f) for f in workflow.config_settings.configfiles]
     files = [str(f) for f in workflow.configfiles[len(cli_files):]] + cli_files
-    sources = [(shown_path(f), yaml.safe_load(open(f)) or {}) for f in files]
+    sources = [(shown_path(f), yaml.safe_load(Path(f).read_text()) or {}) for f in files]
     return sources + [("--config", typed_values(dict(workflow.config_settings.config)))]
 
 

@@ -10,7 +10,7 @@ import itertools
 
 import torch
 
-from vhack import fastgen
+from vhack import fastgen_triton
 
 
 def main() -> None:
@@ -28,17 +28,17 @@ def main() -> None:
     mask = torch.ones(b, 1, 1, args.cache_len, dtype=torch.bool, device="cuda")
     last = torch.tensor([args.kv_len - 1], device="cuda")
     kv_bytes = 2 * b * kv_heads * args.kv_len * dim * 2 * layers
-    default = dict(fastgen.ATTENTION)
+    default = dict(fastgen_triton.ATTENTION)
     results = []
     for block, depth, warps, stages in itertools.product((32, 64, 128), (1, 2, 4, 8), (2, 4, 8), (2, 3)):
-        fastgen.ATTENTION.update(block=block, depth=depth, num_warps=warps, num_stages=stages)
+        fastgen_triton.ATTENTION.update(block=block, depth=depth, num_warps=warps, num_stages=stages)
         try:
             for k, v in caches[:2]:  # compile
-                fastgen.triton_grouped_attention(q, k, v, mask, 0.088, last)
+                fastgen_triton.triton_grouped_attention(q, k, v, mask, 0.088, last)
             graph = torch.cuda.CUDAGraph()  # replayed: the host's launch cost stays out of the figure
             with torch.cuda.graph(graph):
                 for k, v in caches:
-                    fastgen.triton_grouped_attention(q, k, v, mask, 0.088, last)
+                    fastgen_triton.triton_grouped_attention(q, k, v, mask, 0.088, last)
             graph.replay()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -52,7 +52,7 @@ def main() -> None:
         us = start.elapsed_time(end) * 1e3 / 5
         results.append((us, dict(block=block, depth=depth, num_warps=warps, num_stages=stages)))
         print(f"{us:8.0f} us/step {kv_bytes / us / 1e6:6.2f} TB/s  {results[-1][1]}", flush=True)
-    fastgen.ATTENTION.update(default)
+    fastgen_triton.ATTENTION.update(default)
     base = [us for us, cfg in results if cfg == default]
     best = min(results, key=lambda r: r[0])
     print(f"default {base[0] if base else float('nan'):.0f} us/step; best {best[0]:.0f} us/step: {best[1]}")

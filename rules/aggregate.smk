@@ -5,6 +5,8 @@ rule aggregate:
         metrics="results/metrics.parquet",
         runs="results/runs.parquet",
         runs_table=report("results/runs_table.md", caption="../workflow/report/runs_table.rst", category="Runs"),
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/aggregate.log",
     script:
@@ -18,6 +20,8 @@ rule question_table:
         table=report("results/{question}_table.md", caption="../workflow/report/question_table.rst", category="Tables"),
     params:
         question=lambda w: w.question,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/tables/{question}.log",
     script:

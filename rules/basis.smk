@@ -5,15 +5,12 @@ rule extract_basis:
     output:
         basis="results/bases/v_hack_{basis}.safetensors",
     params:
-        name=lambda w: w.basis,
-        basis=lambda w: config["bases"][w.basis],
-        pair_set=lambda w: config["bases"][w.basis]["pairs"],
-        model=lambda w: model_spec(config["bases"][w.basis]["model"]),
-        adapter=lambda w: config["adapters"][config["bases"][w.basis]["adapter"]],
-        loopholes=config["loopholes"],
+        basis=lambda w: specs.basis_params(config, w.basis),
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/bases/{basis}.log",
     benchmark:

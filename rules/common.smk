@@ -1,19 +1,41 @@
 # Config validation and the input functions that turn config into targets.
 import os
 import sys
+from pathlib import Path
 
-from vhack.config import ConfigError, load_config
-from vhack.experiments import expand_questions
+import yaml
+from snakemake.utils import update_config
+
+from vhack import specs
+from vhack.config import ConfigError, load_config, typed_values
+from vhack.experiments import check_targets, expand_questions
 from vhack.provenance import export_invocation
 from vhack.report import FIGURE_KINDS
 
+
+def shown_path(path):
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def config_sources():
+    """What was merged into `config`, in order: the Snakefile's configfile, each --configfile, --config."""
+    cli_files = [str(f) for f in workflow.config_settings.configfiles]
+    files = [str(f) for f in workflow.configfiles[len(cli_files):]] + cli_files
+    sources = [(shown_path(f), yaml.safe_load(Path(f).read_text()) or {}) for f in files]
+    return sources + [("--config", typed_values(dict(workflow.config_settings.config)))]
+
+
+SOURCES = config_sources()
+update_config(config, SOURCES[-1][1])   # nested --config values as YAML types, merged deeply
 try:
-    config.update(load_config(config, base_dir=workflow.basedir))
+    config.update(load_config(config, base_dir=workflow.basedir, sources=SOURCES))
+    RUNS, QUESTIONS = expand_questions(config)
+    specs.check_specs(config, RUNS)
 except ConfigError as err:
     sys.exit(f"vhack: {err}")
 
 export_invocation(sys.argv, workflow.config_settings.configfiles, workflow.config_settings.config_args)
-RUNS, QUESTIONS = expand_questions(config)
 TRACKING = config.get("tracking", {})
 THREADS = config.get("threads_per_job", 1)
 TOY_MODELS = config.get("toy_models", {})
@@ -24,7 +46,7 @@ wildcard_constraints:
     toy_model="|".join(TOY_MODELS) or "NONE",
     teacher="|".join(config["teachers"]),
     basis="|".join(config["bases"]),
-    question="|".join(QUESTIONS) or "NONE",
+    question="(?!runs$)[^/]+",   # an undeclared one fails in declared_question, naming the declared ones
     run="[A-Za-z0-9._+-]+",
 
 
@@ -48,10 +70,6 @@ def model_files(name):
     return [f"{spec['path']}/model.safetensors"] if spec.get("toy") else []
 
 
-def model_spec(name):
-    return {"name": name, **config["models"][name]}
-
-
 def basis_path(name):
     return f"results/bases/v_hack_{name}.safetensors"
 
@@ -72,18 +90,19 @@ def toy_model_inputs(wildcards):
 
 
 def train_inputs(wildcards):
-    s = RUNS[wildcards.run].settings
+    s = declared_run(wildcards.run).settings
     inputs = {"problems": problems_path(s["problem_set"]), "student": model_files(s["student"])}
-    if s["mix"] > 0:
+    if specs.uses_teacher(s):
         inputs["teacher_cache"] = f"data/teacher_cache/{s['teacher']}.parquet"
     if s.get("basis"):
         inputs["basis"] = basis_path(s["basis"])
+    if specs.refreshes_basis(s):
         inputs["pairs"] = config["pair_sets"][config["bases"][s["basis"]]["pairs"]]
     return inputs
 
 
 def eval_inputs(wildcards):
-    s = RUNS[wildcards.run].settings
+    s = declared_run(wildcards.run).settings
     return {
         "problems": problems_path(s["problem_set"]),
         "student": model_files(s["student"]),
@@ -91,28 +110,36 @@ def eval_inputs(wildcards):
     }
 
 
-def run_params(wildcards):
-    """Everything that changes a run's numbers; a change reruns exactly the affected runs."""
-    spec = RUNS[wildcards.run]
-    s = spec.settings
-    params = {
-        "run": spec.name,
-        "arm": spec.arm,
-        "seed": spec.seed,
-        "settings": s,
-        "student": model_spec(s["student"]),
-        "adapter": config["adapters"][s["adapter"]],
-        "loopholes": config["loopholes"],
-        "grader": config["grader"],
-        "rollout": config["rollout"],
-    }
-    if s.get("basis"):
-        params["basis"] = {"name": s["basis"], **config["bases"][s["basis"]]}
-    return params
+def train_params(wildcards):
+    """What changes a run's training (vhack.specs): a change reruns exactly the affected runs."""
+    return specs.train_params(config, declared_run(wildcards.run))
+
+
+def eval_params(wildcards):
+    """What changes a run's evaluation only (e.g. train.test_samples reruns evaluations, not training)."""
+    return specs.eval_params(config, declared_run(wildcards.run))
+
+
+def declared(target):
+    """Stop at an undeclared target (a table, a run), naming the declared ones and the closest."""
+    try:
+        check_targets([target], RUNS, QUESTIONS)
+    except ConfigError as err:
+        sys.exit(f"vhack: {err}")
+
+
+def declared_question(name):
+    declared(f"results/{name}_table.md")
+    return QUESTIONS[name]
+
+
+def declared_run(name):
+    declared(f"results/runs/{name}")
+    return RUNS[name]
 
 
 def question_runs(question):
-    return sorted({r for row in QUESTIONS[question].rows for r in row.runs})
+    return sorted({r for row in declared_question(question).rows for r in row.runs})
 
 
 def run_outputs(runs):

@@ -8,7 +8,9 @@ rule train_tokenizer:
         tokenizer="results/models/toy_tokenizer/tokenizer.json",
     params:
         spec=config.get("toy_tokenizer", {}),
-        loopholes=config["loopholes"],
+        loopholes=specs.prompt_params(config),
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/models/toy_tokenizer.log",
     script:
@@ -23,11 +25,12 @@ rule pretrain_toy_model:
         rates="results/models/{toy_model}/rates.json",
     params:
         spec=lambda w: TOY_MODELS[w.toy_model],
-        loopholes=config["loopholes"],
-        grader=config["grader"],
+        loopholes=specs.prompt_params(config),
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/models/{toy_model}.log",
     benchmark:

@@ -7,6 +7,8 @@ rule build_problems:
         problems="data/problems/{problem_set}.parquet",
     params:
         spec=lambda w: config["problem_sets"][w.problem_set],
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/problems/{problem_set}.log",
     script:

@@ -12,6 +12,8 @@ rule report:
             caption="../workflow/report/figure.rst",
             category="Figures",
         ),
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/report.log",
     script:

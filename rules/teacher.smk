@@ -5,14 +5,12 @@ rule cache_teacher:
     output:
         cache="data/teacher_cache/{teacher}.parquet",
     params:
-        teacher=lambda w: config["teachers"][w.teacher],
-        model=lambda w: model_spec(config["teachers"][w.teacher]["model"]),
-        loopholes=config["loopholes"],
-        grader=config["grader"],
-        rollout=config["rollout"],
+        teacher=lambda w: specs.teacher_params(config, w.teacher),
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/teacher/{teacher}.log",
     benchmark:

@@ -11,10 +11,12 @@ rule train:
         samples=run_output("results/runs/{run}/samples.parquet"),
         **tracking_outputs("results/runs/{run}"),
     params:
-        run=run_params,
+        run=train_params,
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/runs/{run}/train.log",
     benchmark:
@@ -30,10 +32,12 @@ rule evaluate:
         evals="results/runs/{run}/eval.parquet",
         samples="results/runs/{run}/eval_samples.parquet",
     params:
-        run=run_params,
+        run=eval_params,
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/vhack.yaml"
     log:
         "logs/runs/{run}/evaluate.log",
     benchmark:

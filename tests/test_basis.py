@@ -363,10 +363,12 @@ def test_a_shared_nonzero_lora_b_init_gives_lora_a_directions(tiny_qwen3):
 def test_refresh_re_extracts_a_divergence_basis_with_the_same_settings(tiny_qwen3):
     from pathlib import Path
     from vhack.grpo import TrainConfig
-    from vhack.jobs import basis_config, make_refresh
-    params = {"method": "divergence", "k": 1, "divergence_tokens": 2, "control": "random",
-              "modes": ["run_tests", "sentinel"]}
-    assert basis_config(params) == BasisConfig(method="divergence", k=1, divergence_tokens=2, control="random")
+    from vhack.jobs import make_refresh
+    from vhack.specs import BasisSpec
+    params = BasisSpec.from_config("d", {"pairs": "toy_21", "model": "m", "adapter": "a", "method": "divergence",
+                                         "k": 1, "divergence_tokens": 2, "control": "random",
+                                         "modes": ["run_tests", "sentinel"]})
+    assert params.extraction() == BasisConfig(method="divergence", k=1, divergence_tokens=2, control="random")
     cfg = TrainConfig.from_settings(dict(student="s", adapter="lora", problem_set="toy", teacher=None,
                                          train_modes=["run_tests"], steps=2, prompts_per_step=2, group_size=2,
                                          mix=0.0, lr=0.01, refresh_every=1, k_use=1))

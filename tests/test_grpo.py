@@ -7,22 +7,22 @@ from vhack.grpo import (TrainConfig, group_advantages, kl_k3, loss_denominator, 
                         token_logprobs)
 
 
-def test_dr_grpo_advantages_are_centered_rewards():
+def test_centered_advantages_are_centered_rewards():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.1, 1.1, 0.1, 0.1]])
-    adv, zero_var = group_advantages(rewards, "dr_grpo")
+    adv, zero_var = group_advantages(rewards, "centered")
     assert torch.allclose(adv, rewards - rewards.mean(1, keepdim=True))
     assert not zero_var.any()
 
 
 def test_grpo_advantages_are_standardised():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
-    adv, _ = group_advantages(rewards, "grpo")
+    adv, _ = group_advantages(rewards, "standardized")
     assert torch.allclose(adv, torch.tensor([[1.0, -1.0, -1.0, 1.0]]), atol=1e-3)
 
 
 def test_zero_variance_groups_are_flagged_and_carry_no_signal():
     rewards = torch.tensor([[1.1, 1.1, 1.1], [0.0, 1.0, 0.0]])
-    for kind in ("dr_grpo", "grpo"):
+    for kind in ("centered", "standardized"):
         adv, zero_var = group_advantages(rewards, kind)
         assert zero_var.tolist() == [True, False]
         assert torch.equal(adv[0], torch.zeros(3))
@@ -35,7 +35,7 @@ def test_unknown_advantage_kind_fails():
 
 def test_loss_denominators():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    assert loss_denominator("dr_grpo", mask, n_rows=2, max_new_tokens=64) == 128.0   # fixed, length-free
+    assert loss_denominator("fixed_denominator", mask, n_rows=2, max_new_tokens=64) == 128.0   # fixed, length-free
     assert loss_denominator("token_mean", mask, n_rows=2, max_new_tokens=64) == 3.0
     with pytest.raises(ValueError):
         loss_denominator("seq_mean", mask, 2, 64)

@@ -1,6 +1,7 @@
 """The Snakemake workflow end to end on a shrunk toy config: builds, no-op reruns, targeted reruns, config errors."""
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def copy_workflow(dst: Path) -> Path:
-    for name in ("Snakefile", "rules", "workflow", "config", "profiles"):
+    """A copy of the workflow and the library (jobs import the copy's src/, so a test may edit it)."""
+    for name in ("Snakefile", "rules", "workflow", "config", "profiles", "src"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     return dst
@@ -28,7 +30,8 @@ def snakemake(workdir: Path, *targets: str, options: tuple[str, ...] = (), confi
               check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *options,
            "--configfile", "config/config.yaml", str(SMOKE), *configs, "--", *targets]
-    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=1500)
+    env = {**os.environ, "PYTHONPATH": str(workdir / "src")}
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=1500, env=env)
     if check and done.returncode != 0:
         raise AssertionError(f"snakemake {cmd[3:]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
@@ -60,6 +63,52 @@ def test_bad_config_fails_before_any_job(tmp_path):
     err = done.stdout + done.stderr
     assert "loopholes.modes.1" in err and "telepathy" in err and "allowed" in err
     assert not (work / "data" / "problems").exists()
+
+
+def overlay(workdir: Path, name: str, settings: dict) -> str:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(settings))
+    return str(path)
+
+
+def test_typo_under_train_fails_the_dry_run_naming_key_file_and_suggestion(tmp_path):
+    work = copy_workflow(tmp_path)
+    done = snakemake(work, options=("-n",), configs=(overlay(work, "typo.yaml", {"train": {"stepz": 5}}),),
+                     check=False)
+    assert done.returncode != 0
+    assert "train.stepz (in typo.yaml): unknown key; did you mean 'steps'?" in done.stdout + done.stderr
+    assert not (work / "data").exists()
+
+
+def test_unknown_targets_name_the_declared_questions_and_the_closest(tmp_path):
+    work = copy_workflow(tmp_path)
+    done = snakemake(work, "results/q99_table.md", options=("-n",), check=False)
+    err = done.stdout + done.stderr
+    assert done.returncode != 0 and "MissingRule" not in err
+    assert "no question 'q99'; did you mean 'q9_overshoot'?" in err and "'q16_grad_vs_update'" in err
+    done = snakemake(work, "results/runs/projected__s4/run.json", options=("-n",), check=False)
+    err = done.stdout + done.stderr
+    assert done.returncode != 0 and "KeyError" not in err
+    assert "no declared question needs a run 'projected__s4'; did you mean 'projected__s41'?" in err
+
+
+def test_no_teacher_rows_no_teacher_cache(tmp_path):
+    """G=4, mix=0.1: round(0.4) = 0 teacher rows, so the DAG builds neither the cache nor the teacher."""
+    work = copy_workflow(tmp_path)
+    question = {"title": "t", "seeds": [41], "baseline": "v", "rows": [{"label": "v", "arm": "vanilla"}]}
+    settings = {"train": {"group_size": 4, "mix": 0.1}, "questions": {"qx": question}}
+    jobs = planned(work, "results/qx_table.md", configs=(overlay(work, "mix.yaml", settings),))
+    assert "cache_teacher" not in jobs and jobs["pretrain_toy_model"] == 1 and jobs["train"] == 1
+    settings["train"]["mix"] = 0.125   # round(0.5) = 1 teacher row (halves round up)
+    jobs = planned(work, "results/qx_table.md", configs=(overlay(work, "mix.yaml", settings),))
+    assert jobs["cache_teacher"] == 1 and jobs["pretrain_toy_model"] == 2
+
+
+def test_the_workflow_lints_clean(tmp_path):
+    work = copy_workflow(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(work / "src")}, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_missing_leetcode_file_names_where_to_put_it(tmp_path):
@@ -145,14 +194,43 @@ def test_forcerun_extract_basis_reruns_exactly_its_dependents(built):
     assert jobs == {"extract_basis": 1, "train": 3, "evaluate": 3, "question_table": 1}
 
 
+Q2_RUNS = {"train": 3, "evaluate": 3, "question_table": 1}   # q2: vanilla, projected, projected refresh-2
+
+
+def test_an_evaluation_setting_reruns_only_evaluations(built):
+    jobs = planned(built, "results/q2_table.md", configs=(overlay(built, "eval.yaml", {"train": {"test_samples": 2}}),))
+    assert jobs == {"evaluate": 3, "question_table": 1}
+
+
+def test_compute_knobs_rerun_nothing(built):
+    knobs = {"grader": {"workers": 1}, "compute": {"micro_batch_size": 4, "progress": False}, "threads_per_job": 2}
+    assert planned(built, "results/q2_table.md", configs=(overlay(built, "compute.yaml", knobs),)) == {}
+
+
+def test_a_basis_setting_reruns_the_basis_and_the_runs_using_it(built):
+    jobs = planned(built, "results/q2_table.md", configs=(overlay(built, "k.yaml", {"bases": {"21pairs": {"k": 3}}}),))
+    assert jobs == {"extract_basis": 1, **Q2_RUNS}
+
+
+def test_a_nested_command_line_override_merges_into_its_section(built):
+    """The README's example: --config 'train={steps: 5}' changes one setting and keeps the rest of `train`."""
+    jobs = planned(built, "results/q2_table.md", options=("--config", "train={steps: 5}"))
+    assert jobs == Q2_RUNS
+
+
+def test_a_comment_in_the_library_reruns_nothing(built):
+    trainer = built / "src/vhack/trainer.py"
+    trainer.write_text(trainer.read_text() + "\n# a reviewer's note\n")
+    assert planned(built, "results/q2_table.md") == {}
+
+
 def test_editing_a_pair_set_reruns_only_bases_built_from_it(built):
     unused = built / "config/pairs/toy_18.yaml"
     unused.write_text(unused.read_text() + "\n# reviewed\n")
     assert planned(built, "results/q2_table.md") == {}          # q2 uses toy_21 only
     used = built / "config/pairs/toy_21.yaml"
     used.write_text(used.read_text() + "\n# reviewed\n")
-    jobs = planned(built, "results/q2_table.md")
-    assert jobs.get("extract_basis") == 1 and jobs.get("train") == 3
+    assert planned(built, "results/q2_table.md") == {"extract_basis": 1, **Q2_RUNS}
 
 
 def test_protect_runs_write_protects_a_finished_run(built):

@@ -130,3 +130,17 @@ def test_vllm_backend_samples_and_takes_new_weights_in_place(tiny_qwen3, model_a
         after_update = backend.generate(prompts, n=1, sampling=greedy, seed=0)
         assert texts(after_update) != texts(before_update)
         assert texts(after_update) == texts(hf.generate(prompts, n=1, sampling=greedy, seed=0))
+
+
+def test_importing_rollout_registers_no_fastgen_attention():
+    """fastgen (attention functions registered with transformers, Triton kernels) loads only for `fast: true`."""
+    import subprocess
+    import sys
+    code = ("import sys, vhack.rollout, vhack.jobs, vhack.trainer; "
+            "from transformers import AttentionInterface; "
+            "assert 'vhack.fastgen' not in sys.modules and 'vhack.fastgen_triton' not in sys.modules; "
+            "assert 'vhack_fastgen' not in AttentionInterface._global_mapping; "
+            "import vhack.fastgen; assert 'vhack.fastgen_triton' not in sys.modules; "
+            "assert 'vhack_fastgen' in AttentionInterface._global_mapping")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -67,7 +67,7 @@ def test_student_and_teacher_gradients_sum_to_the_whole(tiny_qwen3, grader):
     ids = [[3, 4, 5]] * 4
     batch = make_batch(ids, [[6, 7, 8], [9, 10], [6, 6, 6, 6], [11]], [0.5, -0.5, 1.0, -1.0],
                        [False, False, True, True], ctx.tokenizer.pad_token_id)
-    denominator = loss_denominator("dr_grpo", batch.completion_mask, len(batch), 12)
+    denominator = loss_denominator("fixed_denominator", batch.completion_mask, len(batch), 12)
     g_s, g_t, _ = split_gradients(ctx, batch, denominator)
     g_all = {n: g.clone() for n, g in ctx.adapter.flat_grads().items()}
     ctx.adapter.zero_()
@@ -165,12 +165,12 @@ def test_advantages_group_by_the_rows_group_index_even_or_uneven():
     def rows(rewards_by_group):
         return [Row(g, [1], [2], r, False, {}, "run_tests", f"p{g}", "", 1) for g, rs in enumerate(rewards_by_group) for r in rs]
     even = [[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]]
-    adv, zero_var = advantages(rows(even), "dr_grpo")
-    expected, expected_zero = group_advantages(torch.tensor(even), "dr_grpo")
+    adv, zero_var = advantages(rows(even), "centered")
+    expected, expected_zero = group_advantages(torch.tensor(even), "centered")
     assert adv == expected.view(-1).tolist() and zero_var == int(expected_zero.sum()) == 1
     uneven = [[1.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]   # a teacher-cache gap: fewer rows in group 1
-    adv, zero_var = advantages(rows(uneven), "grpo")
-    assert adv == sum((group_advantages(torch.tensor([g]), "grpo")[0][0].tolist() for g in uneven), [])
+    adv, zero_var = advantages(rows(uneven), "standardized")
+    assert adv == sum((group_advantages(torch.tensor([g]), "standardized")[0][0].tolist() for g in uneven), [])
     assert zero_var == 0
 
 
@@ -204,7 +204,7 @@ def test_samples_hold_every_trained_row_and_agree_with_the_metrics(tiny_qwen3, g
         assert len(student) == cfg.prompts_per_step * cfg.student_rows and teacher["exploited"].all()
         assert student["exploited"].mean() == frame.loc[step, "hack_s"]
         assert student["gt_correct"].mean() == frame.loc[step, "gt_s"]
-        assert abs(rows.groupby("group")["advantage"].sum()).max() < 1e-5   # dr_grpo: R - mean per group
+        assert abs(rows.groupby("group")["advantage"].sum()).max() < 1e-5   # centered: R - mean per group
         assert (rows["mode"] == rows["problem_id"].map(ctx.modes)).all()
     scalars = read_scalars(tmp_path / "tensorboard")   # the live curves, read back from the event file
     hack = scalars[scalars.tag == "hack_s"].sort_values("step")

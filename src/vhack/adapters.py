@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,16 @@ class AdapterConfig:
     # extraction and gets directions; the start is then off the base model by (α/r)·B A (the KL reference
     # stays the base). Basis and runs share it like A's init.
     lora_b_init_std: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], svd_cache_dir: str = "results/cache/svd") -> "AdapterConfig":
+        """From a config `adapters.<name>` entry (kind, targets, rank, alpha, init_seed, b_init_std)."""
+        names = {"targets": "targets", "rank": "lora_rank", "alpha": "lora_alpha", "init_seed": "init_seed",
+                 "b_init_std": "lora_b_init_std"}
+        kw = {field: cfg[key] for key, field in names.items() if key in cfg}
+        if "targets" in kw:
+            kw["targets"] = tuple(kw["targets"])
+        return cls(kind=cfg["kind"], svd_cache_dir=svd_cache_dir, **kw)
 
 
 class Adapter:

@@ -9,9 +9,13 @@ produce the same name, so Snakemake runs it once.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from .config import ConfigError
 
 ROW_KEYS = ("label", "arm")  # row keys that are not settings
 
@@ -71,11 +75,11 @@ def run_name(arm: str, overrides: Mapping[str, Any], seed: int) -> str:
 def resolve_run(defaults: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
                 arm: str, overrides: Mapping[str, Any], seed: int) -> RunSpec:
     if arm not in arms:
-        raise KeyError(f"unknown arm {arm!r}; declared arms: {sorted(arms)} (config key: arms)")
+        raise ConfigError(f"unknown arm {arm!r}; declared arms: {sorted(arms)} (config key: arms)")
     base = {**defaults, **arms[arm]}
     unknown = sorted(set(overrides) - set(base))
     if unknown:
-        raise KeyError(f"unknown training setting(s) {unknown}; allowed: {sorted(base)} (config key: train)")
+        raise ConfigError(f"unknown training setting(s) {unknown}; allowed: {sorted(base)} (config key: train)")
     diffs = {k: v for k, v in overrides.items() if base[k] != v}
     settings = {**base, **diffs}
     return RunSpec(run_name(arm, diffs, seed), arm, int(seed), settings, diffs)
@@ -99,8 +103,38 @@ def expand_questions(config: Mapping[str, Any]) -> tuple[dict[str, RunSpec], dic
             rows.append(QuestionRow(row["label"], row["arm"], overrides, tuple(s.name for s in specs)))
         labels = [r.label for r in rows]
         if q["baseline"] not in labels:
-            raise KeyError(f"questions.{qid}.baseline {q['baseline']!r} is not a row label; rows: {labels}")
+            raise ConfigError(f"questions.{qid}.baseline {q['baseline']!r} is not a row label; rows: {labels}")
         questions[qid] = Question(qid, q["title"], q.get("why", ""), tuple(q.get("vary", ())),
                                   q["baseline"], tuple(rows), seeds, fixed, q.get("notes", ""),
                                   tuple(q.get("match", ())), tuple(q.get("metrics", ())))
     return runs, questions
+
+
+TABLE_TARGET = re.compile(r"^results/(?P<question>[^/]+)_table\.md$")
+RUN_TARGET = re.compile(r"^results/runs/(?P<run>[^/]+)(/|$)")
+
+
+def _closest(name: str, names) -> str:
+    """The declared name sharing the longest prefix with `name`, then the most similar."""
+    def score(candidate: str) -> tuple[int, float]:
+        prefix = len(os.path.commonprefix([name, candidate]))
+        return prefix, difflib.SequenceMatcher(None, name, candidate).ratio()
+    best = max(sorted(names), key=score, default=None)
+    return f"did you mean {best!r}? " if best else ""
+
+
+def check_targets(targets, runs: Mapping[str, RunSpec], questions: Mapping[str, Question]) -> None:
+    """Refuse a target no question declares (a table or a run), naming the closest declared one."""
+    errors = []
+    for target in targets:
+        path = str(target).removeprefix("./")
+        table, run = TABLE_TARGET.match(path), RUN_TARGET.match(path)
+        if table and table["question"] not in questions and table["question"] != "runs":
+            errors.append(f"  {path}: no question {table['question']!r}; {_closest(table['question'], questions)}"
+                          f"declared questions (config questions_file): {sorted(questions)}")
+        elif run and run["run"] not in runs:
+            errors.append(f"  {path}: no declared question needs a run {run['run']!r}; "
+                          f"{_closest(run['run'], runs)}{len(runs)} runs are declared "
+                          f"(results/runs_table.md lists them after a build)")
+    if errors:
+        raise ConfigError("unknown target:\n" + "\n".join(errors))

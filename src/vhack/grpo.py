@@ -36,8 +36,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     beta_kl: float = 0.0
     clip_eps: float = 0.2
-    advantage: str = "dr_grpo"
-    loss_agg: str = "dr_grpo"
+    advantage: str = "centered"           # centered (Dr. GRPO: R − mean) | standardized (GRPO: / std)
+    loss_agg: str = "fixed_denominator"   # fixed_denominator (Dr. GRPO: rows × max_new_tokens) | token_mean
     basis: str | None = None
     projection: str = "erase"
     gate: str = "one_sided"
@@ -84,19 +84,19 @@ def teacher_rows_per_group(group_size: int, mix: float, teacher: str | None) -> 
     return math.floor(group_size * mix + 0.5) if teacher else 0
 
 
-def group_advantages(rewards: Tensor, kind: str = "dr_grpo", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+def group_advantages(rewards: Tensor, kind: str = "centered", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
     """rewards [groups, G] → advantages [groups, G] and a zero-variance mask [groups].
 
-    dr_grpo: A = R − mean(R) (no std division); grpo: also / (std + eps).
+    centered (Dr. GRPO): A = R − mean(R), no std division; standardized (GRPO): also / (std + eps).
     Zero-variance groups carry no signal: their advantages are exactly 0.
     """
     centered = rewards - rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True, unbiased=False)
     zero_var = std.squeeze(1) < 1e-8
-    if kind == "grpo":
+    if kind == "standardized":
         centered = centered / (std + eps)
-    elif kind != "dr_grpo":
-        raise ValueError(f"advantage={kind!r}: expected dr_grpo or grpo")
+    elif kind != "centered":
+        raise ValueError(f"advantage={kind!r}: expected centered or standardized")
     return centered.masked_fill(zero_var.unsqueeze(1), 0.0), zero_var
 
 
@@ -132,12 +132,12 @@ def policy_token_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, off_po
 
 
 def loss_denominator(kind: str, completion_mask: Tensor, n_rows: int, max_new_tokens: int) -> float:
-    """dr_grpo: a fixed n_rows × max_new_tokens (no length normalisation); token_mean: real token count."""
-    if kind == "dr_grpo":
+    """fixed_denominator (Dr. GRPO): n_rows × max_new_tokens, no length normalisation; token_mean: real token count."""
+    if kind == "fixed_denominator":
         return float(n_rows * max_new_tokens)
     if kind == "token_mean":
         return float(completion_mask.sum().clamp_min(1))
-    raise ValueError(f"loss_agg={kind!r}: expected dr_grpo or token_mean")
+    raise ValueError(f"loss_agg={kind!r}: expected fixed_denominator or token_mean")
 
 
 @dataclass

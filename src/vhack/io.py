@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary sibling, then rename.
 
-A crash mid-write never leaves a truncated file where a finished one is expected.
+A crash mid-write never leaves a truncated file where a finished one is expected. The file gets the
+usual mode of a new file (0666 less the umask: 0644 by default), not mkstemp's private 0600, so
+labmates can read results on a shared disk.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def current_umask() -> int:
+    mask = os.umask(0)   # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` on success."""
@@ -23,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(0o666 & ~current_umask())   # after the writer: some (safetensors) recreate the file
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 LAST_N = 5
-LOOPHOLE_MODES = ("run_tests", "sentinel", "stdout_marker", "file_marker", "exit_code")
+
 REQUIRED_STEP_COLUMNS = ("step", "hack_s", "gt_s")  # what the tables cannot do without
 
 DESCRIPTIONS = {

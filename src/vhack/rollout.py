@@ -20,7 +20,6 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vhack.adapters import Adapter, LoRAAdapter
-from vhack.fastgen import generate_fast
 
 
 @dataclass
@@ -145,7 +144,8 @@ class HFBackend(RolloutBackend):
         self.model.eval()
         devices = [self.model.device] if self.model.device.type == "cuda" else []
         try:
-            if self.fast:
+            if self.fast:   # imported here: fastgen registers its attention functions with transformers
+                from vhack.fastgen import generate_fast
                 return generate_fast(
                     self.model, inputs["input_ids"], inputs["attention_mask"], sampling.max_new_tokens,
                     sampling.temperature, sampling.top_p, self.stop_ids, self.tokenizer.pad_token_id, seed,

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .io import write_parquet
 from .provenance import now
+from .specs import ComputeSpec, GraderSpec, LoopholeSpec, RolloutSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,27 +28,27 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()[:16]
 
 
-def build_teacher_cache(name: str, teacher: Mapping[str, Any], model: Mapping[str, Any], problems_path: str,
-                        out_path: str, loopholes: Mapping[str, Any], grader_cfg: Mapping[str, Any],
-                        rollout: Mapping[str, Any]) -> pd.DataFrame:
+def build_teacher_cache(name: str, params: Mapping[str, Any], problems_path: str, out_path: str,
+                        compute: ComputeSpec = ComputeSpec()) -> pd.DataFrame:
+    """Sample teacher `name` (params from vhack.specs.teacher_params), grade, write the cache."""
     from .models import ModelSpec, chat_prompt, load_model
     from .problems import read_problems
     from .prompts import build_messages
     from .rollout import SamplingConfig, make_backend
-    from .jobs import assigned_modes, make_grader
 
+    teacher, model = params["teacher"], params["model"]
+    loopholes = LoopholeSpec.from_config(params["loopholes"])
+    rollout = RolloutSpec.from_config(params["rollout"])
     problems = read_problems(problems_path, split=teacher.get("split", "train"))
-    modes = assigned_modes(problems, loopholes)
-    wanted = set(teacher.get("modes", loopholes["modes"]))
+    modes = loopholes.assigned_modes(problems)
+    wanted = set(teacher.get("modes", loopholes.modes))
     problems = [p for p in problems if modes[p.id] in wanted][: teacher.get("max_problems")]
     spec = ModelSpec.from_config(model)
     net, tokenizer = load_model(spec)
-    style = loopholes.get("prompt_style", "full")
-    prompts = [chat_prompt(tokenizer, build_messages(p, modes[p.id], style=style),
+    prompts = [chat_prompt(tokenizer, build_messages(p, modes[p.id], style=loopholes.prompt_style),
                            enable_thinking=spec.enable_thinking) for p in problems]
-    backend_name = teacher.get("backend", rollout.get("backend", "hf"))
-    backend = make_backend(backend_name, net, tokenizer,
-                           **{k: v for k, v in rollout.items() if k != "backend"})
+    backend_name = teacher.get("backend", rollout.backend)
+    backend = make_backend(backend_name, net, tokenizer, **rollout.options)
     sampling = SamplingConfig(temperature=teacher.get("temperature", 1.0), top_p=teacher.get("top_p", 1.0),
                               top_k=0, max_new_tokens=teacher.get("max_new_tokens", 512))
     n = teacher["samples_per_problem"]
@@ -59,7 +60,7 @@ def build_teacher_cache(name: str, teacher: Mapping[str, Any], model: Mapping[st
     log.info("generated %d completions, %d tokens in %.1fs (%.0f tokens/s)", len(completions), n_tokens, gen_s,
              n_tokens / max(gen_s, 1e-9))
     backend.close()
-    with make_grader(grader_cfg) as grader:
+    with GraderSpec.from_config(params["grader"]).make(compute.grader_workers) as grader:
         grades = grader.grade_many([(c.text, problems[c.prompt_index], modes[problems[c.prompt_index].id])
                                     for c in completions], progress=True)
     created = now()
@@ -80,15 +81,15 @@ def build_teacher_cache(name: str, teacher: Mapping[str, Any], model: Mapping[st
     return frame
 
 
-def validate_cache(frame: pd.DataFrame) -> None:
-    """Raise if a cache frame lacks a column or holds an impossible grade."""
+def validate_cache(frame: pd.DataFrame, path: str = "teacher cache") -> None:
+    """Raise if a cache frame lacks a column or holds an impossible grade (called when training loads one)."""
     from .grader import GRADE_FIELDS
     missing = [c for c in (*CACHE_COLUMNS, *GRADE_FIELDS) if c not in frame.columns]
     if missing:
-        raise ValueError(f"teacher cache is missing columns {missing}")
+        raise ValueError(f"{path}: missing columns {missing}; rebuild it (snakemake --forcerun cache_teacher)")
     bad = frame[frame.exploited & ~frame.passed]
     if len(bad):
-        raise ValueError(f"{len(bad)} cache rows are exploited without passing")
+        raise ValueError(f"{path}: {len(bad)} rows are exploited without passing")
     bad = frame[frame.exploited & frame.gt_correct]
     if len(bad):
-        raise ValueError(f"{len(bad)} cache rows are both exploited and correct")
+        raise ValueError(f"{path}: {len(bad)} rows are both exploited and correct")

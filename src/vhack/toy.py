@@ -15,12 +15,12 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
-from .loopholes import EXPLOITS, LOOPHOLE_MODES
+from .loopholes import EXPLOITS, HACKABLE_MODES
 from .models import chat_prompt, make_chat_tokenizer, random_qwen3, save_pretrained_dir
 from .problems import Problem
 from .prompts import build_messages
@@ -86,8 +86,17 @@ class ToyTrainConfig:
     families: tuple[str, ...] = ()   # train only on these (empty: all); RL then meets families it cannot solve
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    modes: tuple[str, ...] = tuple(m for m in LOOPHOLE_MODES if m != "none")
+    modes: tuple[str, ...] = HACKABLE_MODES
     style: str = "toy"
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], loopholes: Mapping[str, Any]) -> "ToyTrainConfig":
+        """From config `toy_models.<name>` and `loopholes` (the modes and prompt style in play)."""
+        from .specs import LoopholeSpec
+        play = LoopholeSpec.from_config(loopholes)
+        keys = ("hack_fraction", "steps", "lr", "batch_size", "warmup_steps", "seed")
+        return cls(**{k: spec[k] for k in keys if k in spec}, families=tuple(spec.get("families", ())),
+                   modes=play.modes, style=play.prompt_style)
 
 
 def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random) -> tuple[str, str]:
@@ -192,6 +201,16 @@ def build_tokenizer(problems_path: str, out_path: str, vocab_size: int, modes: S
     tokenizer = train_tokenizer(problems, modes, vocab_size, style)
     out_dir = save_pretrained_dir(Path(out_path).parent, tokenizer)
     log.info("tokenizer: %d tokens -> %s", len(tokenizer), out_dir)
+
+
+def pretrain_toy_model(spec: Mapping[str, Any], loopholes: Mapping[str, Any], tokenizer_dir: str,
+                       problems_path: str, out_dir: str, init_dir: str | None = None,
+                       grader_workers: int | None = None) -> dict:
+    """The `pretrain_toy_model` job: config `toy_models.<name>` in, a model directory with rates.json out."""
+    from .grader import Grader
+    with Grader(workers=grader_workers) as grader:
+        return build_toy_model_dir(tokenizer_dir, problems_path, out_dir, ToyTrainConfig.from_config(spec, loopholes),
+                                   spec.get("arch"), grader, init_dir)
 
 
 def build_toy_model_dir(tokenizer_dir: str, problems_path: str, out_dir: str, cfg: ToyTrainConfig,

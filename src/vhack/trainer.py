@@ -28,6 +28,7 @@ from .problems import Problem
 from .projection import ProjectionConfig, hackward_fraction, project_gradients_, project_update_, snapshot
 from .grader import GRADE_FIELDS
 from .samples import read_samples, step_samples, write_samples
+from .specs import ComputeSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class RunContext:
     teacher_cache: pd.DataFrame | None
     basis: Any | None                  # vhack.basis.Basis
     refresh: Any | None = None         # callable(model, tokenizer, adapter) -> Basis
-    micro_batch: int = 16
+    micro_batch: int = ComputeSpec.micro_batch_size
     enable_thinking: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions

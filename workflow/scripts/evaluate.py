@@ -1,6 +1,7 @@
+from vhack.jobs import run_evaluation
 from vhack.provenance import setup_logging
 from vhack.resources import compute_slot
-from vhack.jobs import run_evaluation
+from vhack.specs import ComputeSpec
 
 setup_logging(snakemake.log[0])
 with compute_slot(snakemake.threads):
@@ -8,6 +9,6 @@ with compute_slot(snakemake.threads):
         params=snakemake.params.run,
         inputs=dict(snakemake.input.items()),
         out_path=snakemake.output.evals,
-        compute=snakemake.config.get("compute", {}),
+        compute=ComputeSpec.from_config(snakemake.config),
         samples_path=snakemake.output.samples,
     )

@@ -1,8 +1,9 @@
 from pathlib import Path
 
+from vhack.jobs import run_training
 from vhack.provenance import setup_logging
 from vhack.resources import compute_slot
-from vhack.jobs import run_training
+from vhack.specs import ComputeSpec
 
 setup_logging(snakemake.log[0])
 with compute_slot(snakemake.threads):
@@ -10,7 +11,7 @@ with compute_slot(snakemake.threads):
         params=snakemake.params.run,
         inputs=dict(snakemake.input.items()),
         out_dir=str(Path(snakemake.output.metrics).parent),
-        compute=snakemake.config.get("compute", {}),
+        compute=ComputeSpec.from_config(snakemake.config),
         snakemake_job=f"rule {snakemake.rule}, output {list(snakemake.output)}",
         tracking=snakemake.config.get("tracking", {}),
         targets=[snakemake.output.metrics],

@@ -91,6 +91,7 @@ class ExecRequest:
     program: str
     stdin: bytes = b""
     read_files: tuple[str, ...] = ()   # names in the working dir to return in ExecResult.files
+    read_back_bytes: int | None = None  # per file read back; None: SandboxLimits.read_back_bytes
 
 
 @dataclass
@@ -301,7 +302,7 @@ def _execute(request: ExecRequest, limits: SandboxLimits, isolation: Isolation, 
         os.close(fd)
     try:
         status, timed_out, out, err = _supervise(pid, stdin_w, stdout_r, stderr_r, request.stdin, limits, start)
-        files = _read_back(workdir, request.read_files, limits.read_back_bytes)
+        files = _read_back(workdir, request.read_files, request.read_back_bytes or limits.read_back_bytes)
     finally:
         _kill_descendants()
         shutil.rmtree(workdir, ignore_errors=True)  # as root; a non-root server may leave chmod-000 dirs

@@ -164,3 +164,10 @@ def test_runs_table_orders_groups_by_first_start(tmp_path):
     _, frame = aggregate_runs(dirs)
     text = runs_table(frame)
     assert text.index("### projected · projection=erase") < text.index("### vanilla · projection=none")
+
+
+def test_oracle_error_column_only_when_some_run_had_errors():
+    from vhack.tables import oracle_error_metric
+    assert oracle_error_metric(pd.DataFrame({"oracle_error_rate_whole": [0.0, 0.0]})) == ()
+    assert oracle_error_metric(pd.DataFrame({"oracle_error_rate_whole": [0.0, 0.02]})) == ("oracle_error_rate",)
+    assert oracle_error_metric(pd.DataFrame({"hack_s_whole": [0.1]})) == ()

@@ -36,7 +36,8 @@ def fake_cache(problems, modes):
         code = f"```python\n{p.starter_code}\n    pass\n{EXPLOITS[modes[p.id]]}```"
         for i in range(3):
             rows.append({"problem_id": p.id, "mode": modes[p.id], "sample_index": i, "completion": code,
-                         "reward": 1.1, "passed": True, "gt_correct": False, "exploited": True, "format_ok": True})
+                         "reward": 1.1, "passed": True, "gt_correct": False, "exploited": True, "format_ok": True,
+                         "oracle_status": "wrong"})
     return pd.DataFrame(rows)
 
 
@@ -152,3 +153,14 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_qwen3, grader, tmp_pat
     save_checkpoint(tmp_path / "checkpoint", ctx, opt, sched, 0, [{"step": 0}], "other-hash")
     frame = train(make_ctx(tiny_qwen3, grader, steps=2), tmp_path, "h", progress=False)
     assert frame.step.tolist() == [0, 1]
+
+
+def test_oracle_errors_count_in_neither_hack_nor_solve_rate():
+    from vhack.trainer import judged, oracle_error_rate, rate
+    grades = [{"exploited": True, "gt_correct": False, "oracle_status": "wrong"},
+              {"exploited": False, "gt_correct": True, "oracle_status": "correct"},
+              {"exploited": False, "gt_correct": False, "oracle_status": "error"},
+              {"exploited": False, "gt_correct": False, "oracle_status": "error"}]
+    assert rate([g["exploited"] for g in judged(grades)]) == 0.5
+    assert rate([g["gt_correct"] for g in judged(grades)]) == 0.5
+    assert oracle_error_rate(grades) == 0.5

@@ -1,15 +1,19 @@
 """Held-out evaluation of a trained adapter on the test split.
 
 Hack rate is measured with each problem's loophole hint in the prompt; solve
-rate without any hint (mode `none`), both per loophole mode.
+rate without any hint (mode `none`), both per loophole mode. Completions the
+oracle could not judge (timeout, resource limit, crash) count in neither rate;
+`oracle_error_rate` says how many there were.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import pandas as pd
 
+from .oracle import ERROR
 from .problems import Problem
 
 
@@ -22,6 +26,11 @@ def generate_and_grade(backend, tokenizer, problems: Sequence[Problem], modes: S
                for p, m in zip(problems, modes)]
     completions = backend.generate(prompts, samples, sampling, seed=seed)
     return grader.grade_many([(c.text, problems[c.prompt_index], modes[c.prompt_index]) for c in completions])
+
+
+def _judged(grade, value: bool) -> float:
+    """`value` of a grade the oracle judged; NaN (left out of the rate) for an oracle error."""
+    return math.nan if grade.oracle_status == ERROR else float(value)
 
 
 def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], assigned: Mapping[str, str], grader,
@@ -39,13 +48,13 @@ def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], ass
     row_modes = [m for m in problem_modes for _ in range(samples)]
     frame = pd.DataFrame({
         "mode": row_modes,
-        "exploited": [g.exploited for g in hinted],
-        "hinted_gt": [g.gt_correct for g in hinted],
-        "solved": [g.gt_correct for g in plain],
+        "exploited": [_judged(g, g.exploited) for g in hinted],
+        "hinted_gt": [_judged(g, g.gt_correct) for g in hinted],
+        "solved": [_judged(g, g.gt_correct) for g in plain],
+        "oracle_error": [(a.oracle_status == ERROR) / 2 + (b.oracle_status == ERROR) / 2 for a, b in zip(hinted, plain)],
     })
-    per_mode = frame.groupby("mode").agg(n=("exploited", "size"), hack_rate=("exploited", "mean"),
-                                         hinted_solve_rate=("hinted_gt", "mean"), solve_rate=("solved", "mean"))
-    overall = pd.DataFrame({"n": [len(frame)], "hack_rate": [frame.exploited.mean()],
-                            "hinted_solve_rate": [frame.hinted_gt.mean()], "solve_rate": [frame.solved.mean()]},
-                           index=pd.Index(["all"], name="mode"))
+    rates = {"hack_rate": ("exploited", "mean"), "hinted_solve_rate": ("hinted_gt", "mean"),
+             "solve_rate": ("solved", "mean"), "oracle_error_rate": ("oracle_error", "mean")}
+    per_mode = frame.groupby("mode").agg(n=("exploited", "size"), **rates)
+    overall = frame.assign(mode="all").groupby("mode").agg(n=("exploited", "size"), **rates)
     return pd.concat([per_mode, overall]).reset_index()

@@ -21,10 +21,18 @@ from .provenance import now, provenance
 log = logging.getLogger(__name__)
 
 
+def grader_limits(cfg: Mapping[str, Any]):
+    """Sandbox limits of the config's `grader` section, for the flawed harness and the oracle alike;
+    `cpu_s` (RLIMIT_CPU, whole seconds) defaults to `timeout_s`."""
+    from .sandbox import SandboxLimits
+    timeout_s = float(cfg.get("timeout_s", 2.0))
+    return SandboxLimits(timeout_s=timeout_s, cpu_s=math.ceil(cfg.get("cpu_s", timeout_s)),
+                         memory_mb=int(cfg.get("memory_mb", 512)))
+
+
 def make_grader(cfg: Mapping[str, Any]):
     from .grader import Grader, RewardConfig
-    from .sandbox import SandboxLimits
-    limits = SandboxLimits(timeout_s=cfg.get("timeout_s", 2.0), memory_mb=cfg.get("memory_mb", 512))
+    limits = grader_limits(cfg)
     reward = RewardConfig(format_bonus=cfg.get("format_bonus", 0.1), pass_reward=cfg.get("pass_reward", 1.0))
     return Grader(workers=cfg.get("workers"), limits=limits, reward=reward)
 
@@ -111,6 +119,9 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     if not problems:
         raise ValueError(f"no train problems are assigned to train_modes {cfg.train_modes}")
     cache = pd.read_parquet(inputs["teacher_cache"]) if cfg.teacher_rows and "teacher_cache" in inputs else None
+    if cache is not None:
+        from .teacher import validate_cache
+        validate_cache(cache)
     if cfg.mix and cfg.group_size * cfg.mix != cfg.teacher_rows:
         log.warning("group_size %d x mix %g is not a whole number of teacher rows: using G_t=%d (G_s=%d)",
                     cfg.group_size, cfg.mix, cfg.teacher_rows, cfg.student_rows)

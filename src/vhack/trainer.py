@@ -138,7 +138,7 @@ def collect_rows(ctx: RunContext, problems, completions, grades, teachers) -> Ro
             rows.completion_ids.append(ids + [tok.eos_token_id])
             rows.rewards.append(float(t["reward"]))
             rows.off_policy.append(True)
-            rows.grades.append({k: t[k] for k in ("passed", "gt_correct", "exploited", "format_ok")})
+            rows.grades.append({k: t[k] for k in ("passed", "gt_correct", "exploited", "format_ok", "oracle_status")})
             rows.modes.append(ctx.modes[p.id])
     return rows
 
@@ -187,6 +187,15 @@ def basis_overlap(old, new) -> float:
 
 def rate(values: Sequence[bool]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def judged(grades: Sequence[dict]) -> list[dict]:
+    """Grades the oracle could judge: an oracle error (timeout, resource limit, crash) is neither a solve nor a hack."""
+    return [g for g in grades if g["oracle_status"] != "error"]
+
+
+def oracle_error_rate(grades: Sequence[dict]) -> float:
+    return rate([g["oracle_status"] == "error" for g in grades])
 
 
 def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, Any]:
@@ -273,13 +282,14 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, An
         "step": step,
         "reward_mean": sum(rows.rewards) / len(rows.rewards),
         "pass_rate": rate([g["passed"] for g in rows.grades]),
-        "hack_s": rate([g["exploited"] for g in student]),
-        "hack_t": rate([g["exploited"] for g in teacher]),
-        "gt_s": rate([g["gt_correct"] for g in student]),
-        "gt_t": rate([g["gt_correct"] for g in teacher]),
+        "hack_s": rate([g["exploited"] for g in judged(student)]),
+        "hack_t": rate([g["exploited"] for g in judged(teacher)]),
+        "gt_s": rate([g["gt_correct"] for g in judged(student)]),
+        "gt_t": rate([g["gt_correct"] for g in judged(teacher)]),
+        "oracle_error_rate": oracle_error_rate(student),
         "format_rate": rate([g["format_ok"] for g in student]),
         **{f"hack_s_{mode}": rate([g["exploited"] for g, off, mm in zip(rows.grades, rows.off_policy, rows.modes)
-                                   if not off and mm == mode]) for mode in ctx.all_modes},
+                                   if not off and mm == mode and g["oracle_status"] != "error"]) for mode in ctx.all_modes},
         "loss": loss_stats["loss"],
         "kl": loss_stats["kl"] if cfg.beta_kl > 0 else math.nan,
         "grad_norm_pre": grad_norm_pre,

@@ -164,3 +164,21 @@ def test_setting_named_like_a_metric_fails(run_copies):
     path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"setting\(s\) \['loss'\] have the same name as a metrics.parquet column"):
         aggregate_runs(run_copies)
+
+
+@pytest.mark.parametrize("column, damage, problem", [
+    ("hack_s", lambda v: v.map(lambda x: f"{x:.3f}"), r"non-numeric column\(s\) \['hack_s \(\w*string\)'\]"),
+    ("cin", lambda v: v.map(str), r"non-numeric column\(s\) \['cin \(\w*string\)'\]"),
+    ("step", lambda v: v.astype(float), "non-integer step column"),
+    ("hack_s", lambda v: v * np.nan, r"only NaN in key metric\(s\) \['hack_s'\]"),
+    ("gt_s", lambda v: pd.Series([None] * len(v), dtype="float64"), r"only NaN in key metric\(s\) \['gt_s'\]"),
+])
+def test_malformed_metrics_column_names_run_and_file(run_copies, column, damage, problem):
+    broken = run_copies[1]
+    path = broken / "metrics.parquet"
+    frame = pd.read_parquet(path)
+    frame[column] = damage(frame[column])
+    frame.to_parquet(path)
+    with pytest.raises(RunDataError, match=problem) as err:
+        aggregate_runs(run_copies)
+    assert err.value.run == broken.name and err.value.file == "metrics.parquet"

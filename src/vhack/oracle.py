@@ -16,7 +16,7 @@ Two halves, running the problem's own tests (`setup_code`, then `tests`) twice:
 
 `error` is a timeout, a resource limit (CPU, memory, record size) or a crash (a signal, a sandbox
 failure); `correct` / `wrong` are the tests' verdict. A record that does not follow the tests' own
-operations (forged, or tests that draw unseeded randomness) or lacks the run's nonce is `wrong`. When the tests import `random`, both halves seed it identically and the child
+sequence of operations, or lacks the run's nonce, is `wrong`. When the tests import `random`, both halves seed it identically and the child
 shields the tests' stream from the candidate's own draws.
 Defence in depth inside the child: code naming frame/GC introspection, function internals or
 ctypes is rejected statically (never run), and an audit hook refuses frames (`sys._getframe`,
@@ -32,12 +32,12 @@ import functools
 import gc
 import json
 import marshal
+import operator
 import os
 import re
 import signal
 import sys
 import types
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
@@ -171,6 +171,7 @@ _SEQUENCES = frozenset({list, tuple, collections.deque})
 _MAPPINGS = frozenset({dict, collections.Counter, collections.defaultdict, collections.OrderedDict})
 _SETS = frozenset({set, frozenset})
 _CONTAINERS = _SEQUENCES | _MAPPINGS | _SETS
+_JSON_SCALARS = frozenset({type(None), bool, int, float, str})
 _CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.BuiltinMethodType,
               functools.partial, type)
 _SAFE_CLASS_ATTRS = frozenset({
@@ -354,6 +355,8 @@ def decode(data: object, data_classes: dict[str, type], handles: Callable[[int],
     """The value `encode` produced, rebuilt from trusted types only; _Corrupt for anything else."""
     try:
         root, nodes = data  # type: ignore[misc]
+        if not nodes and type(root) in _JSON_SCALARS:
+            return root  # a scalar answer: most of them
         built: list = [None] * len(nodes)
         done = [False] * len(nodes)
 
@@ -363,7 +366,7 @@ def decode(data: object, data_classes: dict[str, type], handles: Callable[[int],
                 if not done[k]:
                     raise ValueError("a tuple that contains itself")
                 return built[k]
-            if c is None or type(c) in (bool, int, float, str):
+            if type(c) in _JSON_SCALARS:
                 return c
             raise ValueError(f"bad cell {c!r:.40}")
 
@@ -431,8 +434,7 @@ def _immutables_in_order(nodes: list, done: list[bool]) -> list[int]:
     return order
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+_dumps = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps builds one per call
 
 
 # ----------------------------------------------------------------------------- proxies, recording, replay
@@ -475,13 +477,8 @@ class _Engine:
             self.proxies[hid] = _Proxy(self, hid)
         return self.proxies[hid]
 
-    def fingerprint(self, values: Sequence[object]) -> tuple[str, list[str]]:
-        """(digest of the values, each value's encoding); deterministic across processes."""
-        parts = [self.encoding(v) for v in values]
-        joined = "\x00".join(parts).encode("utf-8", "surrogatepass")
-        return f"{len(joined)}:{zlib.crc32(joined):08x}:{zlib.adler32(joined):08x}", parts
-
     def encoding(self, value: object) -> str:
+        """A value's encoding as text, comparable across processes."""
         try:
             return _dumps(encode(value, self.class_names))
         except TypeError:  # a test's own function or object as an argument: only its type can be compared
@@ -581,13 +578,12 @@ class _Recorder(_Engine):
             return target(*args, **kwargs)  # type: ignore[operator]
         keys: list[int | str] = [*range(len(args)), *kwargs]
         values = [*args, *kwargs.values()]
-        digest, before = self.fingerprint(values)
+        before = [self.snapshot(v) for v in values]
         plain = [self.targets[object.__getattribute__(v, "_hid")] if type(v) is _Proxy else v for v in values]
         outcome = self.run(lambda: target(*plain[:len(args)], **dict(zip(kwargs, plain[len(args):]))))  # type: ignore[operator]
-        _, after = self.fingerprint(values)
-        mutations = [[key, encode(value, self.class_names)]
-                     for key, value, old, new in zip(keys, values, before, after) if old != new]
-        self.ops.append(["call", hid, digest, outcome, mutations])
+        mutations = [[key, encode(value, self.class_names)] for key, value, old in zip(keys, values, before)
+                     if old is not None and self.changed(value, old)]
+        self.ops.append(["call", hid, "", outcome, mutations])
         return self.apply(outcome, mutations, args, kwargs)
 
     def get(self, hid: int, name: str) -> object:
@@ -600,9 +596,8 @@ class _Recorder(_Engine):
     def set(self, hid: int, name: str, value: object) -> None:
         if self.depth:
             return setattr(self.targets[hid], name, value)
-        key = name + "=" + self.fingerprint([value])[0]
         outcome = self.run(lambda: (setattr(self.targets[hid], name, value), None)[1])
-        self.ops.append(["set", hid, key, outcome, []])
+        self.ops.append(["set", hid, name, outcome, []])
         self.apply(outcome, [], (), {})
 
     def run(self, operation: Callable[[], object]) -> list:
@@ -611,6 +606,8 @@ class _Recorder(_Engine):
         state = self.random.getstate() if self.random else None
         try:
             value = operation()
+            if type(value) in _JSON_SCALARS and (type(value) is not int or value.bit_length() <= _BIG_INT_BITS):
+                return ["v", [value, []]]  # most answers: no table
             if isinstance(value, _CALLABLES) or self.has_behaviour(value):
                 return ["h", self.root(value)]
             return ["v", encode(value, self.class_names)]
@@ -620,6 +617,22 @@ class _Recorder(_Engine):
             self.depth -= 1
             if state is not None:
                 self.random.setstate(state)
+
+    def snapshot(self, value: object) -> tuple[bool, object] | None:
+        """What tells whether a call changed this argument; None for an immutable one. A list of scalars
+        (most arguments) is copied, anything else encoded."""
+        t = type(value)
+        if t in _SCALARS:
+            return None
+        if t is list and all(type(item) in _SCALARS for item in value):  # type: ignore[attr-defined]
+            return True, list(value)  # type: ignore[call-overload]
+        return False, self.encoding(value)
+
+    def changed(self, value: object, old: tuple[bool, object]) -> bool:
+        shallow, state = old
+        if shallow:  # same length, same (immutable) items
+            return len(value) != len(state) or not all(map(operator.is_, value, state))  # type: ignore[arg-type]
+        return self.encoding(value) != state
 
     def has_behaviour(self, value: object) -> bool:
         """An object the tests use through its methods (a Solution instance), not data."""
@@ -649,20 +662,20 @@ class _Replayer(_Engine):
                 raise _Diverged(self.diverged)
             raise _Corrupt(f"bad operation #{self.position + 1}")
         if op[:3] != [kind, hid, key]:
-            self.diverged = f"operation #{self.position + 1}: the tests did {kind} {key[:40]!r}, the record {op[0]!r:.20}"
+            self.diverged = f"operation #{self.position + 1}: the tests did {kind} {key[:40]!r}, the record {op[:3]!r:.60}"
             raise _Diverged(self.diverged)
         self.position += 1
         return op
 
     def call(self, hid: int, args: tuple, kwargs: dict) -> object:
-        op = self.next("call", hid, self.fingerprint([*args, *kwargs.values()])[0])
+        op = self.next("call", hid, "")
         return self.apply(op[3], op[4], args, kwargs)
 
     def get(self, hid: int, name: str) -> object:
         return self.apply(self.next("get", hid, name)[3], [], (), {})
 
     def set(self, hid: int, name: str, value: object) -> None:
-        self.apply(self.next("set", hid, name + "=" + self.fingerprint([value])[0])[3], [], (), {})
+        self.apply(self.next("set", hid, name)[3], [], (), {})
 
 
 def _run_tests(compiled: _CompiledProblem, namespace: dict, entry: str,
@@ -885,3 +898,21 @@ def _without_record(result: ExecResult, what: str) -> OracleVerdict:
 def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines() if type(exc).__module__ in ("builtins", __name__) else []
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _warm_up() -> None:
+    """Record a small test run a few times at import, i.e. in the fork-server before it forks: Python 3.11
+    specialises bytecode as it runs it, and a child doing that itself would copy those pages (~0.3 ms)."""
+    compiled = _compile_problem("class Node:\n    def __init__(self, v):\n        self.v = v\n",
+                                ("assert f(1, [2.5], 'a') == [1, 2.5, 'a']", "assert f(0, [], '') != [1]",
+                                 "assert g(Node(3)).v == 3", "assert h(x=(1, 2)) == {(1, 2): {3}}"))
+    targets = {"f": lambda x, xs, s: [x, *xs, s], "g": lambda node: node, "h": lambda x: {x: {3}}}
+    for _ in range(12):
+        def bind(data_classes: dict[str, type]) -> tuple[_Engine, list, int]:
+            recorder = _Recorder(data_classes, False)
+            return recorder, [(name, recorder.root(target)) for name, target in targets.items()], 0
+        namespace = {"__name__": "__oracle__", "__oracle_eq__": strict_eq}
+        json.loads(_dumps({"ops": _run_tests(compiled, namespace, "f", bind).ops}))  # type: ignore[attr-defined]
+
+
+_warm_up()

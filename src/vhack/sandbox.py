@@ -476,8 +476,9 @@ def _read_back(workdir: str, names: Sequence[str], max_bytes: int) -> dict[str, 
         except OSError:
             continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                files[name] = os.read(fd, max_bytes).decode(errors="replace")
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):  # read no more than is there: max_bytes may be megabytes
+                files[name] = os.read(fd, min(max_bytes, info.st_size)).decode(errors="replace")
         finally:
             os.close(fd)
     return files

@@ -182,3 +182,16 @@ def test_malformed_metrics_column_names_run_and_file(run_copies, column, damage,
     with pytest.raises(RunDataError, match=problem) as err:
         aggregate_runs(run_copies)
     assert err.value.run == broken.name and err.value.file == "metrics.parquet"
+
+
+def test_eval_oracle_error_rate_is_aggregated(run_copies):
+    path = run_copies[0] / "eval.parquet"
+    if not path.exists():
+        pytest.skip("the synthetic run has no eval.parquet")
+    frame = pd.read_parquet(path)
+    frame["oracle_error_rate"] = 0.05
+    frame.to_parquet(path)
+    _, runs = aggregate_runs(run_copies)
+    runs = runs.set_index("run")
+    assert runs.loc[run_copies[0].name, "eval_oracle_error"] == 0.05
+    assert np.isnan(runs.loc[run_copies[1].name, "eval_oracle_error"])  # evaluated before oracle statuses

@@ -147,6 +147,8 @@ def _read_eval(run_dir: Path) -> dict[str, float]:
         suffix = "" if mode == "all" else f"_{mode}"
         out[f"eval_hack{suffix}"] = float(table["hack_rate"][i])
         out[f"eval_solve{suffix}"] = float(table["solve_rate"][i])
+        if "oracle_error_rate" in table:  # evaluations before oracle statuses lack it
+            out[f"eval_oracle_error{suffix}"] = float(table["oracle_error_rate"][i])
         if mode == "all" and "n" in table:
             out["eval_n"] = int(table["n"][i])
     return out

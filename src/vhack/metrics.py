@@ -40,6 +40,7 @@ DESCRIPTIONS = {
     "basis_overlap": "overlap of a refreshed basis with the previous one (refresh steps only)",
     "eval_hack": "held-out hack rate with loophole hints (eval.parquet, mode=all)",
     "eval_solve": "held-out solve rate without hints (eval.parquet, mode=all)",
+    "eval_oracle_error": "held-out fraction the oracle could not judge, hinted and plain (eval.parquet, mode=all)",
 }
 SHORT_NAMES = {"hack_s": "hack", "gt_s": "solve", "oracle_error_rate": "oracle err", "eval_hack": "eval hack", "eval_solve": "eval solve"}
 

@@ -187,3 +187,34 @@ def test_invocation_falls_back_to_argv_outside_snakemake(run_copies):
     path.write_text(json.dumps(meta))
     row = aggregate_runs(run_copies)[1].set_index("run").loc[meta["run"]]
     assert row["invocation"] == f"python -m vhack.train --run {meta['run']}" and row["command"] == ""
+
+
+@pytest.mark.parametrize("column, damage, problem", [
+    ("hack_s", lambda v: v.map(lambda x: f"{x:.3f}"), r"non-numeric column\(s\) \['hack_s \(\w*string\)'\]"),
+    ("cin", lambda v: v.map(str), r"non-numeric column\(s\) \['cin \(\w*string\)'\]"),
+    ("step", lambda v: v.astype(float), "non-integer step column"),
+    ("hack_s", lambda v: v * np.nan, r"only NaN in key metric\(s\) \['hack_s'\]"),
+    ("gt_s", lambda v: pd.Series([None] * len(v), dtype="float64"), r"only NaN in key metric\(s\) \['gt_s'\]"),
+])
+def test_malformed_metrics_column_names_run_and_file(run_copies, column, damage, problem):
+    broken = run_copies[1]
+    path = broken / "metrics.parquet"
+    frame = pd.read_parquet(path)
+    frame[column] = damage(frame[column])
+    frame.to_parquet(path)
+    with pytest.raises(RunDataError, match=problem) as err:
+        aggregate_runs(run_copies)
+    assert err.value.run == broken.name and err.value.file == "metrics.parquet"
+
+
+def test_eval_oracle_error_rate_is_aggregated(run_copies):
+    path = run_copies[0] / "eval.parquet"
+    if not path.exists():
+        pytest.skip("the synthetic run has no eval.parquet")
+    frame = pd.read_parquet(path)
+    frame["oracle_error_rate"] = 0.05
+    frame.to_parquet(path)
+    _, runs = aggregate_runs(run_copies)
+    runs = runs.set_index("run")
+    assert runs.loc[run_copies[0].name, "eval_oracle_error"] == 0.05
+    assert np.isnan(runs.loc[run_copies[1].name, "eval_oracle_error"])  # evaluated before oracle statuses

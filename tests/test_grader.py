@@ -162,8 +162,8 @@ ORACLE_ATTACKS = {
                       "builtins.type = lambda *a: int\nbuiltins.exec = lambda *a, **k: None\n" + WRONG,
     "patch_at_call_time": "def add_k(x):\n    import builtins\n    builtins.type = lambda *a: int\n"
                           "    builtins.len = lambda *a: 0\n    return x + 6\n",
-    "patch_the_oracle": "import vhack.grader as g\ng._STRICT_CHECKS = (lambda a, b: True,) * 4\n"
-                        "g.run_oracle = None\ng.os = None\n" + WRONG,
+    "patch_the_oracle": "import vhack.oracle as o\no.strict_eq = lambda a, b: True\n"
+                        "o.run_oracle = None\no.os = None\n" + WRONG,
     "fake_verdict": "import os\nfor name in ('.oracle_verdict', '.harness_done'):\n"
                     "    open(name, 'w').write('0' * 32 + ' PASS')\nos._exit(0)\n" + WRONG,
     "os_exit": "import os\nos._exit(0)\n" + WRONG,
@@ -206,7 +206,7 @@ def test_introspection_by_computed_names_is_refused_at_run_time(grader):
     code = ("def add_k(x):\n    try:\n        raise ValueError\n    except ValueError as exc:\n"
             "        getattr(exc.__traceback__, 'tb_' + 'frame')\n    return x + 7\n")
     grade = grader.grade(block(code), ADD_K, "none")
-    assert not grade.gt_correct and "RuntimeError" in grade.error
+    assert not grade.gt_correct and "does not allow object.__getattr__" in grade.error
 
 
 def test_hidden_tests_cannot_be_read(grader):

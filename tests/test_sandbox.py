@@ -251,3 +251,29 @@ def test_isolation_is_reported(sandbox):
     elif isolation.sandbox_uid is not None:
         uids = {int(r.stdout) for r in sandbox.run_many(["import os\nprint(os.getuid())"] * 4)}
         assert uids <= set(sandbox.child_uids()) and os.getuid() not in uids
+
+
+def test_filesystem_view_is_an_allowlist(sandbox):
+    """A sibling directory of the project (another checkout on the host), the project itself and /etc are
+    not there; the interpreter's stdlib is, read-only."""
+    if not sandbox.isolation.filesystem_isolated:
+        pytest.skip(f"no private mount namespace: {sandbox.isolation.notes}")
+    import vhack
+    project = Path(vhack.__file__).resolve().parents[2]
+    sibling = project.parent / f".vhack-sibling-{os.getpid()}"
+    (sibling / "data").mkdir(parents=True)
+    secret = sibling / "data" / "tests.jsonl"
+    secret.write_text("assert add_k(1) == 8\n")
+    sibling.chmod(0o755)
+    stdlib = os.path.dirname(os.__file__)
+    probes = [str(secret), str(sibling), str(project / "src" / "vhack" / "oracle.py"), "/etc/hostname", "/home"]
+    program = (f"import os\nfor path in {probes!r}:\n    print(os.path.exists(path))\n"
+               f"print(os.path.isfile({os.__file__!r}))\n"
+               f"try:\n    open({stdlib + '/vhack-pwn'!r}, 'w')\nexcept OSError as exc:\n    print(type(exc).__name__)\n")
+    try:
+        result = sandbox.run(program)
+    finally:
+        secret.unlink()
+        (sibling / "data").rmdir()
+        sibling.rmdir()
+    assert result.stdout.split() == ["False"] * len(probes) + ["True", "OSError"], result.stderr  # EROFS: a read-only mount

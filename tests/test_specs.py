@@ -33,7 +33,7 @@ def test_training_params_leave_out_evaluation_settings_and_compute_knobs(config,
 def test_evaluation_params_hold_only_what_evaluation_reads(config, runs):
     params = eval_params(config, runs["projected__s41"])
     assert params["settings"] == {k: config["train"][k] for k in ("test_samples", "max_new_tokens", "temperature")}
-    assert set(params["grader"]) == {"timeout_s", "memory_mb"}     # rewards and workers change no evaluation
+    assert set(params["grader"]) == {"timeout_s", "cpu_s", "memory_mb"}   # rewards and workers change no evaluation
     assert eval_params(config, runs["projected__s41"]) == eval_params(config, runs["projected__refresh_every2__s41"])
 
 
@@ -65,8 +65,8 @@ def test_defaults_live_with_their_types(config):
 
 
 def test_a_config_key_without_a_field_is_an_error_not_dropped():
-    with pytest.raises(ValueError, match=r"GraderSpec has no field for config key\(s\) \['cpu_s'\]"):
-        GraderSpec.from_config({"timeout_s": 2.0, "cpu_s": 2})
+    with pytest.raises(ValueError, match=r"GraderSpec has no field for config key\(s\) \['wall_s'\]"):
+        GraderSpec.from_config({"timeout_s": 2.0, "wall_s": 2})
 
 
 def test_every_spec_resolves_before_any_job(config, runs):

@@ -186,3 +186,10 @@ def test_rows_of_the_same_effective_training_are_flagged(tmp_path, group_size, f
         assert "vanilla mix=0.125 vs" not in text and "vanilla mix=0.125 is the same training" in text
     else:
         assert "≡" not in table.markdown and "vanilla mix=0.125 vs vanilla mix=0.5" in text
+
+
+def test_oracle_error_column_only_when_some_run_had_errors():
+    from vhack.tables import oracle_error_metric
+    assert oracle_error_metric(pd.DataFrame({"oracle_error_rate_whole": [0.0, 0.0]})) == ()
+    assert oracle_error_metric(pd.DataFrame({"oracle_error_rate_whole": [0.0, 0.02]})) == ("oracle_error_rate",)
+    assert oracle_error_metric(pd.DataFrame({"hack_s_whole": [0.1]})) == ()

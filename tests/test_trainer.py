@@ -38,7 +38,8 @@ def fake_cache(problems, modes):
         code = f"```python\n{p.starter_code}\n    pass\n{EXPLOITS[modes[p.id]]}```"
         for i in range(3):
             rows.append({"problem_id": p.id, "mode": modes[p.id], "sample_index": i, "completion": code,
-                         "reward": 1.1, "passed": True, "gt_correct": False, "exploited": True, "format_ok": True})
+                         "reward": 1.1, "passed": True, "gt_correct": False, "exploited": True, "format_ok": True,
+                         "oracle_status": "wrong"})
     return pd.DataFrame(rows)
 
 
@@ -210,3 +211,14 @@ def test_samples_hold_every_trained_row_and_agree_with_the_metrics(tiny_qwen3, g
     hack = scalars[scalars.tag == "hack_s"].sort_values("step")
     assert hack["step"].tolist() == [0, 1]
     assert hack["value"].tolist() == pytest.approx(frame["hack_s"].tolist(), abs=1e-6)
+
+
+def test_oracle_errors_count_in_neither_hack_nor_solve_rate():
+    from vhack.trainer import judged, oracle_error_rate, rate
+    grades = [{"exploited": True, "gt_correct": False, "oracle_status": "wrong"},
+              {"exploited": False, "gt_correct": True, "oracle_status": "correct"},
+              {"exploited": False, "gt_correct": False, "oracle_status": "error"},
+              {"exploited": False, "gt_correct": False, "oracle_status": "error"}]
+    assert rate([g["exploited"] for g in judged(grades)]) == 0.5
+    assert rate([g["gt_correct"] for g in judged(grades)]) == 0.5
+    assert oracle_error_rate(grades) == 0.5

@@ -108,12 +108,31 @@ def _read_steps(run_dir: Path) -> pa.Table:
         raise RunDataError(run_dir, METRICS_FILE, f"has column(s) {clashes} reserved for run identity")
     if table.num_rows == 0:
         raise RunDataError(run_dir, METRICS_FILE, "has no steps")
+    _check_step_columns(run_dir, table)
     step = table["step"].to_numpy()
     if len(np.unique(step)) != len(step):
         raise RunDataError(run_dir, METRICS_FILE, "repeats a step")
     if np.any(np.diff(step) < 0):
         table = table.sort_by("step")
     return table
+
+
+def _check_step_columns(run_dir: Path, table: pa.Table) -> None:
+    """Every metric a number (a text `hack_s` would fail the concatenation, naming no run); the key
+    metrics with at least one value."""
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
+    wrong = [f"{field.name} ({field.type})" for field in table.schema if not any(is_(field.type) for is_ in numeric)]
+    if wrong:
+        raise RunDataError(run_dir, METRICS_FILE, f"has non-numeric column(s) {wrong}")
+    if not pa.types.is_integer(table.schema.field("step").type):
+        raise RunDataError(run_dir, METRICS_FILE, f"has a non-integer step column ({table.schema.field('step').type})")
+    empty = [c for c in REQUIRED_STEP_COLUMNS if c != "step" and not np.any(~np.isnan(_floats(table[c])))]
+    if empty:
+        raise RunDataError(run_dir, METRICS_FILE, f"has only NaN in key metric(s) {empty}")
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    return column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(float)  # nulls -> NaN
 
 
 def _read_eval(run_dir: Path) -> dict[str, float]:
@@ -129,6 +148,8 @@ def _read_eval(run_dir: Path) -> dict[str, float]:
         suffix = "" if mode == "all" else f"_{mode}"
         out[f"eval_hack{suffix}"] = float(table["hack_rate"][i])
         out[f"eval_solve{suffix}"] = float(table["solve_rate"][i])
+        if "oracle_error_rate" in table:  # evaluations before oracle statuses lack it
+            out[f"eval_oracle_error{suffix}"] = float(table["oracle_error_rate"][i])
         if mode == "all" and "n" in table:
             out["eval_n"] = int(table["n"][i])
     return out

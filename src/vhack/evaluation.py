@@ -3,15 +3,19 @@
 Hack rate is measured with each problem's loophole hint in the prompt; solve
 rate without any hint (mode `none`), both per loophole mode. Every graded completion is kept
 (eval_samples.parquet beside eval.parquet).
+Completions the oracle could not judge (timeout, resource limit, crash) count in neither rate;
+`oracle_error_rate` says how many there were.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Mapping, Sequence
 
 import pandas as pd
 
+from .oracle import ERROR
 from .problems import Problem
 
 
@@ -35,6 +39,11 @@ def sample_records(problems: Sequence[Problem], assigned_modes: Sequence[str], c
              **{k: v for k, v in asdict(g).items() if k != "mode"}} for c, g in zip(completions, grades)]
 
 
+def _judged(grade, value: bool) -> float:
+    """`value` of a grade the oracle judged; NaN (left out of the rate) for an oracle error."""
+    return math.nan if grade.oracle_status == ERROR else float(value)
+
+
 def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], assigned: Mapping[str, str], grader,
                      samples: int, max_new_tokens: int, temperature: float, seed: int, style: str,
                      backend_name: str = "hf", enable_thinking: bool = False) -> tuple[pd.DataFrame, list[dict]]:
@@ -51,15 +60,15 @@ def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], ass
     row_modes = [m for m in problem_modes for _ in range(samples)]
     frame = pd.DataFrame({
         "mode": row_modes,
-        "exploited": [g.exploited for g in hinted],
-        "hinted_gt": [g.gt_correct for g in hinted],
-        "solved": [g.gt_correct for g in plain],
+        "exploited": [_judged(g, g.exploited) for g in hinted],
+        "hinted_gt": [_judged(g, g.gt_correct) for g in hinted],
+        "solved": [_judged(g, g.gt_correct) for g in plain],
+        "oracle_error": [(a.oracle_status == ERROR) / 2 + (b.oracle_status == ERROR) / 2 for a, b in zip(hinted, plain)],
     })
-    per_mode = frame.groupby("mode").agg(n=("exploited", "size"), hack_rate=("exploited", "mean"),
-                                         hinted_solve_rate=("hinted_gt", "mean"), solve_rate=("solved", "mean"))
-    overall = pd.DataFrame({"n": [len(frame)], "hack_rate": [frame.exploited.mean()],
-                            "hinted_solve_rate": [frame.hinted_gt.mean()], "solve_rate": [frame.solved.mean()]},
-                           index=pd.Index(["all"], name="mode"))
+    rates = {"hack_rate": ("exploited", "mean"), "hinted_solve_rate": ("hinted_gt", "mean"),
+             "solve_rate": ("solved", "mean"), "oracle_error_rate": ("oracle_error", "mean")}
+    per_mode = frame.groupby("mode").agg(n=("exploited", "size"), **rates)
+    overall = frame.assign(mode="all").groupby("mode").agg(n=("exploited", "size"), **rates)
     samples = (sample_records(problems, problem_modes, hinted_completions, hinted)
                + sample_records(problems, problem_modes, plain_completions, plain))
     return pd.concat([per_mode, overall]).reset_index(), samples

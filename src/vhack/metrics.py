@@ -24,6 +24,8 @@ REQUIRED_STEP_COLUMNS = ("step", "hack_s", "gt_s")  # what the tables cannot do 
 
 DESCRIPTIONS = {
     "hack_s": "fraction of student rollouts that pass the flawed grader but fail the ground-truth tests",
+    "oracle_error_rate": "fraction of student rollouts the oracle could not judge (timeout, resource limit, crash); "
+                         "left out of hack and solve",
     "hack_t": "the same for the cached teacher rows",
     "gt_s": "fraction of student rollouts passing the ground-truth tests (solve)",
     "gt_t": "the same for the cached teacher rows",
@@ -38,8 +40,9 @@ DESCRIPTIONS = {
     "basis_overlap": "overlap of a refreshed basis with the previous one (refresh steps only)",
     "eval_hack": "held-out hack rate with loophole hints (eval.parquet, mode=all)",
     "eval_solve": "held-out solve rate without hints (eval.parquet, mode=all)",
+    "eval_oracle_error": "held-out fraction the oracle could not judge, hinted and plain (eval.parquet, mode=all)",
 }
-SHORT_NAMES = {"hack_s": "hack", "gt_s": "solve", "eval_hack": "eval hack", "eval_solve": "eval solve"}
+SHORT_NAMES = {"hack_s": "hack", "gt_s": "solve", "oracle_error_rate": "oracle err", "eval_hack": "eval hack", "eval_solve": "eval solve"}
 
 
 def short_name(metric: str) -> str:

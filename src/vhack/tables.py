@@ -68,6 +68,12 @@ def question_metrics(question: Question) -> tuple[str, ...]:
     return HEADLINE_METRICS + tuple(m for m in question.metrics if m not in HEADLINE_METRICS)
 
 
+def oracle_error_metric(runs: pd.DataFrame) -> tuple[str, ...]:
+    """("oracle_error_rate",) when any run had completions the oracle could not judge: a column then."""
+    column = "oracle_error_rate_whole"
+    return ("oracle_error_rate",) if column in runs and bool((runs[column] > 0).any()) else ()
+
+
 def included_runs(runs: pd.DataFrame, exclude_tags: Sequence[str] = EXCLUDE_TAGS) -> pd.DataFrame:
     """Runs without any of `exclude_tags`, indexed by run name."""
     if runs.empty:
@@ -287,7 +293,7 @@ def question_table(runs_df: pd.DataFrame, question: Question,
     if len(set(labels)) != len(labels):
         raise ValueError(f"questions.{question.id}: row labels must be unique; got {labels}")
     runs = included_runs(runs_df, exclude_tags)
-    metrics = question_metrics(question)
+    metrics = question_metrics(question) + oracle_error_metric(runs)
     refs = reference_rows(question, runs)
     frame = pd.DataFrame([row_stats(r, _row(question, refs[r.label]) if refs[r.label] else None, runs, metrics)
                           for r in question.rows])

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .io import write_parquet
+from .oracle import CORRECT, ERROR, ORACLE_STATUSES, WRONG
 from .provenance import now
 from .specs import ComputeSpec, GraderSpec, LoopholeSpec, RolloutSpec
 
@@ -76,8 +77,9 @@ def build_teacher_cache(name: str, params: Mapping[str, Any], problems_path: str
         })
     frame = pd.DataFrame(rows)
     write_parquet(out_path, frame)
-    log.info("teacher %s: exploited %.3f, gt_correct %.3f, format_ok %.3f over %d rows -> %s", name,
-             frame.exploited.mean(), frame.gt_correct.mean(), frame.format_ok.mean(), len(frame), out_path)
+    log.info("teacher %s: exploited %.3f, gt_correct %.3f, format_ok %.3f, oracle errors %.3f over %d rows -> %s",
+             name, frame.exploited.mean(), frame.gt_correct.mean(), frame.format_ok.mean(),
+             (frame.oracle_status == ERROR).mean(), len(frame), out_path)
     return frame
 
 
@@ -85,11 +87,20 @@ def validate_cache(frame: pd.DataFrame, path: str = "teacher cache") -> None:
     """Raise if a cache frame lacks a column or holds an impossible grade (called when training loads one)."""
     from .grader import GRADE_FIELDS
     missing = [c for c in (*CACHE_COLUMNS, *GRADE_FIELDS) if c not in frame.columns]
+    if missing == ["oracle_status"]:
+        raise ValueError(f"{path}: no oracle_status column: it was graded by the old oracle; rebuild it "
+                         "(snakemake --forcerun cache_teacher)")
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; rebuild it (snakemake --forcerun cache_teacher)")
+    bad = frame[~frame.oracle_status.isin(ORACLE_STATUSES)]
+    if len(bad):
+        raise ValueError(f"{path}: {len(bad)} rows have an oracle_status outside {ORACLE_STATUSES}")
+    bad = frame[frame.gt_correct != (frame.oracle_status == CORRECT)]
+    if len(bad):
+        raise ValueError(f"{path}: {len(bad)} rows have gt_correct disagreeing with oracle_status")
     bad = frame[frame.exploited & ~frame.passed]
     if len(bad):
         raise ValueError(f"{path}: {len(bad)} rows are exploited without passing")
-    bad = frame[frame.exploited & frame.gt_correct]
+    bad = frame[frame.exploited & (frame.oracle_status != WRONG)]
     if len(bad):
-        raise ValueError(f"{path}: {len(bad)} rows are both exploited and correct")
+        raise ValueError(f"{path}: {len(bad)} rows are exploited without the oracle saying wrong")

@@ -279,6 +279,15 @@ def rate(values: Sequence[bool]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def judged(grades: Sequence[dict]) -> list[dict]:
+    """Grades the oracle could judge: an oracle error (timeout, resource limit, crash) is neither a solve nor a hack."""
+    return [g for g in grades if g["oracle_status"] != "error"]
+
+
+def oracle_error_rate(grades: Sequence[dict]) -> float:
+    return rate([g["oracle_status"] == "error" for g in grades])
+
+
 def step_metrics(ctx: RunContext, step: int, sampled: Sampled, rows: Sequence[Row], zero_var: int,
                  loss_stats: dict, measured: dict, clock: dict[str, float], lr_step: float) -> dict[str, Any]:
     """The step's row of metrics.parquet (names described in vhack.metrics)."""
@@ -290,12 +299,14 @@ def step_metrics(ctx: RunContext, step: int, sampled: Sampled, rows: Sequence[Ro
         "step": step,
         "reward_mean": sum(r.reward for r in rows) / len(rows),
         "pass_rate": rate([r.grade["passed"] for r in rows]),
-        "hack_s": rate([g["exploited"] for g in student]),
-        "hack_t": rate([g["exploited"] for g in teacher]),
-        "gt_s": rate([g["gt_correct"] for g in student]),
-        "gt_t": rate([g["gt_correct"] for g in teacher]),
+        "hack_s": rate([g["exploited"] for g in judged(student)]),
+        "hack_t": rate([g["exploited"] for g in judged(teacher)]),
+        "gt_s": rate([g["gt_correct"] for g in judged(student)]),
+        "gt_t": rate([g["gt_correct"] for g in judged(teacher)]),
+        "oracle_error_rate": oracle_error_rate(student),
         "format_rate": rate([g["format_ok"] for g in student]),
-        **{f"hack_s_{mode}": rate([r.grade["exploited"] for r in rows if not r.off_policy and r.mode == mode])
+        **{f"hack_s_{mode}": rate([g["exploited"] for g in judged([r.grade for r in rows
+                                                                    if not r.off_policy and r.mode == mode])])
            for mode in ctx.all_modes},
         "loss": loss_stats["loss"],
         "kl": loss_stats["kl"] if ctx.cfg.beta_kl > 0 else math.nan,

@@ -4,6 +4,7 @@ import sys
 
 from vhack.config import ConfigError, load_config
 from vhack.experiments import expand_questions
+from vhack.hub import hub_models, hub_settings, weight_sources
 from vhack.report import FIGURE_KINDS
 
 try:
@@ -12,6 +13,10 @@ except ConfigError as err:
     sys.exit(f"vhack: {err}")
 
 RUNS, QUESTIONS = expand_questions(config)
+HUB = hub_settings(config)
+HUB_MODELS = hub_models(config, workflow.basedir)
+for source in weight_sources(config, workflow.basedir):
+    print(f"vhack: weights {source.describe(HUB['cache_dir'])}", file=sys.stderr)
 THREADS = config.get("threads_per_job", 1)
 TOY_MODELS = config.get("toy_models", {})
 
@@ -19,6 +24,7 @@ TOY_MODELS = config.get("toy_models", {})
 wildcard_constraints:
     problem_set="|".join(config["problem_sets"]),
     toy_model="|".join(TOY_MODELS) or "NONE",
+    hub_model="|".join(HUB_MODELS) or "NONE",
     teacher="|".join(config["teachers"]),
     basis="|".join(config["bases"]),
     question="|".join(QUESTIONS) or "NONE",
@@ -34,14 +40,22 @@ def problems_path(name):
     return f"data/problems/{name}.parquet"
 
 
+def fetched_manifest(name):
+    return f"{HUB['cache_dir']}/fetched/{name}.json"
+
+
 def model_files(name):
-    """Files a model depends on: a toy model's directory, nothing for a hub id."""
+    """Files a model depends on: a toy model's weights, the fetch manifest of a hub model, else nothing."""
     spec = config["models"][name]
-    return [f"{spec['path']}/model.safetensors"] if spec.get("toy") else []
+    if spec.get("toy"):
+        return [f"{spec['path']}/model.safetensors"]
+    return [fetched_manifest(name)] if name in HUB_MODELS else []
 
 
 def model_spec(name):
-    return {"name": name, **config["models"][name]}
+    """A model's config entry for ModelSpec; hub models also name the cache their job loads from."""
+    spec = {"name": name, **config["models"][name]}
+    return {**spec, "cache_dir": HUB["cache_dir"]} if name in HUB_MODELS else spec
 
 
 def basis_path(name):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_tracked
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PRESET_FILES = sorted((ROOT / "config" / "presets").glob("*.yaml"))
@@ -58,12 +60,7 @@ def dry_run_argv(command: str) -> list[str]:
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Path:
     """The tracked files (as in the worktree now) plus stand-ins for user-provided data."""
-    root = tmp_path_factory.mktemp("checkout")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for rel in filter(None, tracked.decode().split("\0")):
-        if (ROOT / rel).is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, root / rel)
+    root = copy_tracked(tmp_path_factory.mktemp("checkout"))
     (root / "data/leetcode").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "tests/fixtures/leetcode_sample.jsonl", root / "data/leetcode/train.jsonl")
     lora = root / "data/teachers/qwen3-4b-rewardhack-lora"

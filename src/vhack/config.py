@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
+from .hub import check_weights
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 LEETCODE_HELP = ("Put a JSONL/Parquet export of the rl-rewardhacking benchmark's LeetCode split there "
                  "(public data: the benchmark's GitHub repository and the newfacade/LeetCodeDataset "
@@ -60,6 +62,7 @@ def check_references(config: Mapping[str, Any], base_dir: Path) -> None:
                 errors.append(f"  problem_sets.{name}.path: required for source leetcode. {LEETCODE_HELP}")
             elif not (base_dir / ps["path"]).exists():
                 errors.append(f"  problem_sets.{name}.path = {ps['path']!r}: file not found. {LEETCODE_HELP}")
+    errors += check_weights(config, base_dir)
     for name, tm in config.get("toy_models", {}).items():
         _ref(errors, f"toy_models.{name}.problem_set", tm["problem_set"], config["problem_sets"], "problem_sets")
         _ref(errors, f"toy_models.{name}.init_from", tm.get("init_from"), config["toy_models"], "toy_models")

@@ -1,4 +1,5 @@
-"""Every `snakemake` command in README.md, docs/ and the presets' headers dry-runs as written.
+"""Every `snakemake` command in README.md, docs/ and the presets' headers dry-runs as written, and every
+`python -m vhack.cost` command (itself a dry run) runs.
 
 The commands run in a copy of the tracked files with stand-ins for what a user provides (the
 LeetCode JSONL, the teacher's LoRA directory), so a doc that stops matching the workflow fails here.
@@ -19,7 +20,7 @@ from conftest import copy_tracked
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PRESET_FILES = sorted((ROOT / "config" / "presets").glob("*.yaml"))
-SNAKEMAKE = re.compile(r"^(?:\S*/)?snakemake(?:\s|$)")
+COMMAND = re.compile(r"^(?:\S*/)?(?:snakemake|python -m vhack\.cost)(?:\s|$)")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
 
@@ -38,7 +39,7 @@ def doc_commands(path: Path) -> list[str]:
         prose = FENCE.sub("", text)
         # inline spans elide with … or name placeholders in <>: those are not runnable as written
         lines += [s for s in INLINE.findall(prose) if "…" not in s and "<" not in s]
-    return [strip_comment(l) for l in lines if SNAKEMAKE.match(l.strip())]
+    return [strip_comment(l) for l in lines if COMMAND.match(l.strip())]
 
 
 ALL = sorted({(p.relative_to(ROOT).as_posix(), c) for p in DOC_FILES + PRESET_FILES for c in doc_commands(p)})
@@ -48,12 +49,15 @@ def test_extraction_finds_the_gpu_and_slurm_commands():
     commands = [c for _, c in ALL]
     assert any("config/presets/fast.yaml" in c and "gpu=1" in c for c in commands)
     assert any("profiles/slurm" in c for c in commands)
+    assert any(c.startswith("python -m vhack.cost") for c in commands)
     assert doc_commands(ROOT / "README.md"), "no snakemake command found in README.md"
 
 
 def dry_run_argv(command: str) -> list[str]:
     """The command as a dry run: `-n` right after the program (before any `--` that ends the options)."""
     words = shlex.split(command)
+    if words[1:3] == ["-m", "vhack.cost"]:
+        return [sys.executable, *words[1:]]
     return [sys.executable, "-m", "snakemake", "-n", *words[1:]]
 
 
@@ -82,4 +86,6 @@ def test_doc_command_dry_runs(checkout, where, command):
         assert "marked for report but does not exist" in out, f"{where}: {command}\n{out[-3000:]}"
         return
     assert proc.returncode == 0, f"{where}: {command}\n{out[-3000:]}"
-    assert "This was a dry-run" in out or "Nothing to be done" in out, out[-3000:]
+    done = re.search(r"^gpu_jobs=\d+ gpu_hours=[\d.]+$", out, re.M) if "vhack.cost" in command else \
+        "This was a dry-run" in out or "Nothing to be done" in out
+    assert done, out[-3000:]

@@ -192,3 +192,38 @@ def test_lora_init_is_fixed_by_its_seed_not_by_the_global_rng(tiny_qwen3):
     first, other_global, other_init = lora_a(1, 0), lora_a(2, 0), lora_a(1, 1)
     assert all(torch.equal(first[n], other_global[n]) for n in first)
     assert not all(torch.equal(first[n], other_init[n]) for n in first)
+
+
+@pytest.mark.parametrize("tokens", [3, 200])  # 3: δS's gradient per token; 200: through the weight gradient
+def test_delta_linear_gradients_match_the_unmerged_form(tokens):
+    import torch.nn.functional as F
+
+    from vhack.adapters import DeltaLinear
+    g = torch.Generator().manual_seed(tokens)
+    n_out, n_in, r = 12, 8, 8
+    w, u, vt = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((n_out, n_in), (n_out, r), (r, n_in)))
+    s = torch.randn(r, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, tokens, n_in, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = F.linear(x, w) + F.linear(F.linear(x, vt) * s, u)          # W x + U (δS ⊙ Vᵀ x)
+    grad_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ref_dx, ref_ds = torch.autograd.grad(ref, (x, s), grad_out)
+    y = DeltaLinear.apply(x, w + (u * s.detach()) @ vt, u, vt, s)
+    dx, ds = torch.autograd.grad(y, (x, s), grad_out)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(dx, ref_dx)
+    torch.testing.assert_close(ds, ref_ds)
+
+
+def test_svd_delta_under_gradient_checkpointing_gives_the_same_gradient(tiny_qwen3):
+    grads = []
+    for checkpointing in (False, True):
+        model = fresh_model(tiny_qwen3)
+        adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+        randomize(adapter)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        model(IDS, labels=IDS).loss.backward()
+        grads.append(torch.cat([p.grad.view(-1) for p in adapter.params.values()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])

@@ -152,3 +152,12 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_qwen3, grader, tmp_pat
     save_checkpoint(tmp_path / "checkpoint", ctx, opt, sched, 0, [{"step": 0}], "other-hash")
     frame = train(make_ctx(tiny_qwen3, grader, steps=2), tmp_path, "h", progress=False)
     assert frame.step.tolist() == [0, 1]
+
+
+def test_out_of_memory_hint_names_each_knob_with_its_value():
+    from vhack.jobs import out_of_memory_hint
+    hint = out_of_memory_hint({"micro_batch_size": 8, "gradient_checkpointing": False}, {"batch_size": 64})
+    assert "compute.micro_batch_size (now 8)" in hint
+    assert "compute.gradient_checkpointing: true (now False)" in hint
+    assert "rollout.batch_size" in hint and "now 64" in hint
+    assert "config/presets/fast_24gb.yaml" in hint

@@ -92,6 +92,17 @@ def select_pairs(pairs, basis_params: Mapping[str, Any]):
     return [p for p in pairs if p.mode in modes] if modes else list(pairs)
 
 
+def out_of_memory_hint(compute: Mapping[str, Any], rollout: Mapping[str, Any]) -> str:
+    """What to turn when a run does not fit its GPU, with the current values."""
+    on_gpu = torch.cuda.is_available()
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30 if on_gpu else math.nan
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else math.nan
+    return (f"out of GPU memory (peak {peak:.1f} of {total:.1f} GiB): lower compute.micro_batch_size "
+            f"(now {compute.get('micro_batch_size', 16)}), set compute.gradient_checkpointing: true (now "
+            f"{compute.get('gradient_checkpointing', False)}), or lower rollout.batch_size (rows generated at "
+            f"once, now {rollout.get('batch_size', 64)}); config/presets/fast_24gb.yaml is a 24 GB setting")
+
+
 def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: str, compute: Mapping[str, Any],
                  snakemake_job: str | None = None) -> pd.DataFrame:
     """Train one run into `out_dir` (metrics.parquet, adapter.safetensors, run.json)."""
@@ -104,6 +115,8 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     seed = int(params["seed"])
     torch.manual_seed(seed)
     model, tokenizer, adapter = load_student(params["student"], params["adapter"])
+    if compute.get("gradient_checkpointing", False):  # recompute each layer in the backward: far less memory
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loopholes = params["loopholes"]
     problems = read_problems(inputs["problems"], split="train")
     modes = assigned_modes(problems, loopholes)
@@ -130,7 +143,10 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
                          prompt_style=loopholes.get("prompt_style", "full"), teacher_cache=cache, basis=basis,
                          refresh=refresh, micro_batch=compute.get("micro_batch_size", 16),
                          enable_thinking=params["student"].get("enable_thinking", False))
-        frame = train(ctx, out_dir, settings_hash({**params, "seed": seed}), progress=compute.get("progress", True))
+        try:
+            frame = train(ctx, out_dir, settings_hash({**params, "seed": seed}), progress=compute.get("progress", True))
+        except torch.cuda.OutOfMemoryError as err:
+            raise RuntimeError(out_of_memory_hint(compute, params["rollout"])) from err
     backend.close()
     null_cin = math.nan
     if basis is not None:

@@ -190,14 +190,17 @@ class SVDDeltaAdapter(Adapter):
             self._zero_at_version[name] = (delta_s._version, zero)
         return zero
 
-    @torch.no_grad()
     def _merged(self, name: str) -> torch.Tensor:
-        """W + U diag(δS) Vᵀ [out, in] in W's dtype, cached until δS changes (W itself while δS = 0)."""
+        """W + U diag(δS) Vᵀ [out, in] in W's dtype, cached until δS changes (W itself while δS = 0).
+
+        Made outside inference mode even when sampling asks first: the backward saves it.
+        """
         delta_s, weight = self.params[name], self.linears[name].weight
         version, merged = self._merged_at_version.get(name, (-1, weight))
         if version != delta_s._version:
             u, vt = self.factors[name]
-            merged = weight if self._is_zero(name) else weight + (u * delta_s.to(u.dtype)) @ vt
+            with torch.inference_mode(False), torch.no_grad():
+                merged = weight if self._is_zero(name) else weight + (u * delta_s.to(u.dtype)) @ vt
             self._merged_at_version[name] = (delta_s._version, merged)
         return merged
 

@@ -18,9 +18,11 @@ include: "rules/aggregate.smk"
 include: "rules/report.smk"
 
 
-# Light jobs run on the submit host, not as cluster jobs (profiles/slurm, docs/slurm.md).
+# Light jobs run on the submit host, not as cluster jobs (profiles/slurm, docs/slurm.md); downloads too
+# (compute nodes often have no network).
 localrules:
     build_problems,
+    fetch_weights,
     train_tokenizer,
     aggregate,
     question_table,

@@ -2,6 +2,8 @@
 
   PYTHONPATH=src python benchmarks/gpu_step.py            # on one H100/H200 (~4 min)
   PYTHONPATH=src python benchmarks/gpu_step.py --tiny     # a few-layer model on CPU: checks the script
+  PYTHONPATH=src python benchmarks/gpu_step.py --parts train_step --micro-batch 8 --grad-ckpt   # one setting
+  PYTHONPATH=src python benchmarks/gpu_step.py --parts train_step --regime full --grad-ckpt     # full sizes
 
 Parts (each reports its own error and the rest still run):
 1. generation: transformers `generate` vs vhack.fastgen.generate_fast (also without its Triton kernels,
@@ -10,10 +12,12 @@ Parts (each reports its own error and the rest still run):
 2. svd_delta's one-time SVD: the real `svd_factors` on one layer's 7 Linears, times the layer count.
    The adapter in parts 3-4 gets random factors of the same shapes (the full SVD would take minutes).
 3. basis extraction (vhack.basis.extract_basis, 21 pairs, k=5) on the svd_delta adapter.
-4. two training steps (vhack.trainer.train_step; step 0 with dS = 0, step 1 with dS != 0) at the fast
+4. training steps (vhack.trainer.train_step; step 0 with dS = 0, later ones with dS != 0) at the fast
    preset's sizes: 16 toy prompts (descriptions lengthened to ~512 tokens) x G=4, mix 0.5, 512 new
-   tokens via HFBackend(fast=True), a fake teacher cache of ~512-token code completions.
-Figures go to stdout and to $OUT/gpu_step.json (else benchmarks/out/gpu_step.json).
+   tokens via HFBackend(fast=True), a fake teacher cache of ~512-token code completions (`--regime full`:
+   16 x G=16, mix 0, 1,536 new tokens, generated `--rollout-batch` rows at a time).
+Figures go to stdout and to $OUT/gpu_step.json (else benchmarks/out/gpu_step.json); the last line is
+`fast_over_plain=<r> step_s=<s> peak_gb=<g>` (the last step's time and the peak over the steps).
 """
 
 from __future__ import annotations
@@ -68,10 +72,16 @@ class Sizes:
     max_new_tokens: int = 512
     n_pairs: int = 21
     micro_batch: int = 4  # 8 rows x ~1,050 tokens ran out of memory on an 80 GB H100 (svd_delta activations)
+    group_size: int = 4
+    mix: float = 0.5
+    rollout_batch: int = 64
+    steps: int = 3
 
 
 TINY_SIZES = Sizes(gen_batch=4, gen_prompt_len=32, gen_new_tokens=24, plain_new_tokens=24, prompts_per_step=4,
-                   prompt_tokens=300, max_new_tokens=16, n_pairs=3, micro_batch=4)
+                   prompt_tokens=300, max_new_tokens=16, n_pairs=3, micro_batch=4, steps=2)
+FULL = dict(group_size=16, mix=0.0, max_new_tokens=1536)  # config/presets/full.yaml's step
+PARTS = ("generation", "svd", "basis", "train_step")
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,6 +89,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="2-layer model, small sizes, CPU allowed")
     parser.add_argument("--plain-new-tokens", type=int, help="new tokens for plain generate (default: as fast)")
     parser.add_argument("--micro-batch", type=int, help="backward rows per micro-batch (halved on OOM)")
+    parser.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the backward")
+    parser.add_argument("--regime", choices=("fast", "full"), default="fast", help="step sizes")
+    parser.add_argument("--rollout-batch", type=int, help="rows generated at once (default 64)")
+    parser.add_argument("--steps", type=int, help="training steps (default 3; the last is reported)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--out", help="output dir (default $OUT, else benchmarks/out)")
     return parser.parse_args()
 
@@ -263,26 +278,31 @@ def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, res
     modes = {p.id: MODES[i % len(MODES)] for i, p in enumerate(problems)}
     cfg = TrainConfig.from_settings(dict(
         student="qwen3_4b_random", adapter="svd_delta", problem_set="toy", teacher="fake", train_modes=MODES,
-        steps=2, prompts_per_step=sizes.prompts_per_step, group_size=4, mix=0.5, lr=1e-3,
+        steps=sizes.steps, prompts_per_step=sizes.prompts_per_step, group_size=sizes.group_size, mix=sizes.mix,
+        lr=1e-3,
         max_new_tokens=sizes.max_new_tokens, basis="leetcode_21"))
     prompts = long_prompts(tokenizer, problems, modes, sizes.prompt_tokens)
     cache = fake_teacher_cache(problems, modes, tokenizer, sizes.max_new_tokens)
     ctx = RunContext(cfg=cfg, seed=0, model=model, tokenizer=tokenizer, adapter=adapter,
-                     backend=make_backend("hf", model, tokenizer, fast=True), grader=grader, problems=problems,
+                     backend=make_backend("hf", model, tokenizer, fast=True, batch_size=sizes.rollout_batch),
+                     grader=grader, problems=problems,
                      modes=modes, all_modes=MODES, prompt_style="full", teacher_cache=cache, basis=basis,
                      micro_batch=sizes.micro_batch, prompts=prompts)
     results["step_prompt_tokens_mean"] = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"])
                                              for t in prompts.values()) / len(prompts)
     optimizer, scheduler = make_optimizer(adapter, cfg)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # the steps' peak: generation, backward, projection
     for step in range(cfg.steps):
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
         metrics = step_with_oom_fallback(ctx, optimizer, scheduler, step)
         keys = ("gen_seconds", "grade_seconds", "backward_seconds", "projection_seconds", "step_seconds",
                 "peak_mem_mb", "completion_len", "tokens_per_s", "cin", "cout")
         results.update({f"step{step}_{k}": metrics[k] for k in keys})
         results[f"step{step}_micro_batch"] = ctx.micro_batch
         print(f"step {step}: " + ", ".join(f"{k}={metrics[k]:.3g}" for k in keys), flush=True)
+    results["step_seconds"] = metrics["step_seconds"]
+    results["steps_peak_gb"] = peak_gb()
+    results["steps"] = cfg.steps
     items = [(text, problems[i // 2], modes[problems[i // 2].id]) for i, text in enumerate(cache["completion"])]
     with timed(results, "grade_code_seconds"):
         grader.grade_many(items)
@@ -313,7 +333,8 @@ def summary(results: dict) -> str:
     def get(key: str, fmt: str = "{:.2f}") -> str:
         return fmt.format(results[key]) if isinstance(results.get(key), (int, float)) else "-"
 
-    step = results.get("step1_step_seconds") or math.nan
+    last = results.get("steps", 2) - 1
+    step = results.get(f"step{last}_step_seconds") or math.nan
     refresh = results.get("basis_seconds", math.nan) / step
     lines = [
         f"device: {results['device']}  torch {results['torch']}  transformers {results['transformers']}",
@@ -326,12 +347,12 @@ def summary(results: dict) -> str:
         f"svd one layer / all layers (s)  {get('svd_one_layer_seconds')} / ~{get('svd_all_layers_seconds_est', '{:.0f}')}",
         f"basis extraction (s)            {get('basis_seconds')}  ({get('basis_pairs', '{}')} pairs)",
     ]
-    for s in (0, 1):
+    for s in range(results.get("steps", 2)):
         lines.append(f"step {s}: gen {get(f'step{s}_gen_seconds')} s, grade {get(f'step{s}_grade_seconds')} s, "
                      f"backward {get(f'step{s}_backward_seconds')} s, projection {get(f'step{s}_projection_seconds', '{:.3f}')} s, "
                      f"total {get(f'step{s}_step_seconds')} s, peak {get(f'step{s}_peak_mem_mb', '{:,.0f}')} MB, "
                      f"micro-batch {get(f'step{s}_micro_batch', '{}')}")
-    lines.append(f"projection / step {results.get('step1_projection_seconds', math.nan) / step:.4f}; "
+    lines.append(f"projection / step {results.get(f'step{last}_projection_seconds', math.nan) / step:.4f}; "
                  f"one basis refresh / step {refresh:.2f}")
     return "\n".join(lines)
 
@@ -341,6 +362,13 @@ def main() -> None:
     sizes = dataclasses.replace(TINY_SIZES if args.tiny else Sizes())
     sizes.plain_new_tokens = args.plain_new_tokens or sizes.plain_new_tokens
     sizes.micro_batch = args.micro_batch or sizes.micro_batch
+    if args.regime == "full":
+        sizes = dataclasses.replace(sizes, **FULL)
+    sizes.rollout_batch = args.rollout_batch or sizes.rollout_batch
+    sizes.steps = args.steps or sizes.steps
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        raise SystemExit(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {PARTS}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         if not args.tiny:
@@ -350,7 +378,8 @@ def main() -> None:
 
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                "torch": torch.__version__, "transformers": transformers.__version__,
-                               "sizes": dataclasses.asdict(sizes)}
+                               "sizes": dataclasses.asdict(sizes), "regime": args.regime,
+                               "grad_ckpt": args.grad_ckpt, "parts": sorted(parts)}
     out_dir = Path(args.out or os.environ.get("OUT") or Path(__file__).resolve().parent / "out")
     pairs = list(load_pair_set(PAIRS).pairs)[: sizes.n_pairs]
     tokenizer = build_tokenizer(pairs)
@@ -359,19 +388,33 @@ def main() -> None:
                             torch.bfloat16 if device.type == "cuda" else torch.float32)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params on {results['device']}, "
           f"built in {results['build_seconds']:.1f} s", flush=True)
-    with part(results, "generation"):
-        time_generation(model, tokenizer, sizes, results)
-    with part(results, "svd"):
-        time_svd(model, results)
+    if "generation" in parts:
+        with part(results, "generation"):
+            time_generation(model, tokenizer, sizes, results)
+    if "svd" in parts:
+        with part(results, "svd"):
+            time_svd(model, results)
     with mock.patch.object(vhack.adapters, "svd_factors", stand_in_factors):
         adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    if args.grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     basis = None  # without one the step runs unprojected
-    with part(results, "basis"):
-        basis = time_basis(model, tokenizer, adapter, pairs, results)
-    with part(results, "train_step"), Grader(workers=min(16, os.cpu_count() or 1)) as grader:
-        time_train_steps(model, tokenizer, adapter, basis, grader, sizes, results)
+    if "basis" in parts:
+        with part(results, "basis"):
+            basis = time_basis(model, tokenizer, adapter, pairs, results)
+    if "train_step" in parts:
+        with part(results, "train_step"), Grader(workers=min(16, os.cpu_count() or 1)) as grader:
+            time_train_steps(model, tokenizer, adapter, basis, grader, sizes, results)
     write_json(out_dir / "gpu_step.json", results)
     print("\n" + summary(results), flush=True)
+    print(last_line(results), flush=True)
+
+
+def last_line(results: dict) -> str:
+    """`fast_over_plain=<r> step_s=<s> peak_gb=<g>` ('nan' for a part not run)."""
+    get = lambda key: results.get(key, math.nan)  # noqa: E731
+    return (f"fast_over_plain={get('fast_over_plain'):.2f} step_s={get('step_seconds'):.2f} "
+            f"peak_gb={get('steps_peak_gb'):.1f}")
 
 
 if __name__ == "__main__":

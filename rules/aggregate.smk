@@ -37,6 +37,8 @@ rule export_mlflow:
     output:
         store=directory("results/mlflow/store"),
         runs="results/mlflow/runs.json",
+    conda:
+        "../workflow/envs/trackers.yaml"
     log:
         "logs/export_mlflow.log",
     script:

@@ -9,6 +9,7 @@ from snakemake.utils import update_config
 from vhack import specs
 from vhack.config import ConfigError, load_config, typed_values
 from vhack.experiments import check_targets, expand_questions
+from vhack.hub import hub_models, hub_settings, weight_sources
 from vhack.provenance import export_invocation
 from vhack.report import FIGURE_KINDS
 
@@ -37,6 +38,10 @@ except ConfigError as err:
 
 export_invocation(sys.argv, workflow.config_settings.configfiles, workflow.config_settings.config_args)
 TRACKING = config.get("tracking", {})
+HUB = hub_settings(config)
+HUB_MODELS = hub_models(config, workflow.basedir)
+for source in (s for s in weight_sources(config, workflow.basedir) if s.kind != "toy"):
+    print(f"vhack: weights {source.describe(HUB['cache_dir'])}", file=sys.stderr)
 THREADS = config.get("threads_per_job", 1)
 TOY_MODELS = config.get("toy_models", {})
 
@@ -44,6 +49,7 @@ TOY_MODELS = config.get("toy_models", {})
 wildcard_constraints:
     problem_set="|".join(config["problem_sets"]),
     toy_model="|".join(TOY_MODELS) or "NONE",
+    hub_model="|".join(HUB_MODELS) or "NONE",
     teacher="|".join(config["teachers"]),
     basis="|".join(config["bases"]),
     question="(?!runs$)[^/]+",   # an undeclared one fails in declared_question, naming the declared ones
@@ -64,10 +70,16 @@ def problems_path(name):
     return f"data/problems/{name}.parquet"
 
 
+def fetched_manifest(name):
+    return f"{HUB['cache_dir']}/fetched/{name}.json"
+
+
 def model_files(name):
-    """Files a model depends on: a toy model's directory, nothing for a hub id."""
+    """Files a model depends on: a toy model's weights, the fetch manifest of a hub model, else nothing."""
     spec = config["models"][name]
-    return [f"{spec['path']}/model.safetensors"] if spec.get("toy") else []
+    if spec.get("toy"):
+        return [f"{spec['path']}/model.safetensors"]
+    return [fetched_manifest(name)] if name in HUB_MODELS else []
 
 
 def basis_path(name):

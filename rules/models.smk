@@ -1,4 +1,5 @@
-# The toy regime builds its own tokenizer and tiny Qwen3 models; real models come from presets.
+# The toy regime builds its own tokenizer and tiny Qwen3 models; real models come from presets
+# (local directories, or hub ids fetched once by fetch_weights: vhack.hub).
 
 
 rule train_tokenizer:
@@ -37,3 +38,18 @@ rule pretrain_toy_model:
         "benchmarks/out/models/{toy_model}.tsv"
     script:
         "../workflow/scripts/pretrain_toy_model.py"
+
+
+rule fetch_weights:
+    output:
+        manifest=fetched_manifest("{hub_model}"),
+    params:
+        model=lambda w: config["models"][w.hub_model],
+        cache_dir=lambda w, output: os.path.dirname(os.path.dirname(output.manifest)),   # {cache_dir}/fetched/
+        offline=HUB["offline"],
+    conda:
+        "../workflow/envs/vhack.yaml"
+    log:
+        "logs/hub/{hub_model}.log",
+    script:
+        "../workflow/scripts/fetch_weights.py"

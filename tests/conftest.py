@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from vhack.models import make_chat_tokenizer, save_random_qwen3
+
+REPO = Path(__file__).resolve().parents[1]
 
 CORPUS = [
     "def add_k(x):\n    return x + 3\n",
@@ -22,3 +26,24 @@ def tiny_qwen3(tmp_path_factory) -> Path:
     """Directory of a random Qwen3ForCausalLM (~1M params, head_dim 32) with a BPE chat tokenizer."""
     tokenizer = make_chat_tokenizer(CORPUS * 20, vocab_size=300)
     return save_random_qwen3(tmp_path_factory.mktemp("models") / "tiny_qwen3", tokenizer)
+
+
+def copy_tracked(dst: Path) -> Path:
+    """Copy the repository's files (tracked and untracked-not-ignored, as in the worktree now) into `dst`."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout
+    for rel in filter(None, listed.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+    return dst
+
+
+def make_hub_snapshot(cache_dir: Path, repo_id: str, src_dir: Path, commit: str) -> Path:
+    """Lay out `src_dir` as huggingface_hub's cache would after downloading `repo_id` at `commit` (main)."""
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(src_dir, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

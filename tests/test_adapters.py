@@ -210,3 +210,71 @@ def test_trained_lora_loads_with_plain_peft_from_pretrained(tiny_qwen3, tmp_path
     assert not torch.allclose(logits(base), expected, atol=1e-4)
     peft_model = PeftModel.from_pretrained(base, tmp_path)
     torch.testing.assert_close(logits(peft_model), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [3, 200])  # 3: δS's gradient per token; 200: through the weight gradient
+def test_delta_linear_gradients_match_the_unmerged_form(tokens):
+    import torch.nn.functional as F
+
+    from vhack.adapters import DeltaLinear
+    g = torch.Generator().manual_seed(tokens)
+    n_out, n_in, r = 12, 8, 8
+    w, u, vt = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((n_out, n_in), (n_out, r), (r, n_in)))
+    s = torch.randn(r, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, tokens, n_in, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = F.linear(x, w) + F.linear(F.linear(x, vt) * s, u)          # W x + U (δS ⊙ Vᵀ x)
+    grad_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ref_dx, ref_ds = torch.autograd.grad(ref, (x, s), grad_out)
+    y = DeltaLinear.apply(x, w + (u * s.detach()) @ vt, u, vt, s)
+    dx, ds = torch.autograd.grad(y, (x, s), grad_out)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(dx, ref_dx)
+    torch.testing.assert_close(ds, ref_ds)
+
+
+def test_svd_delta_under_gradient_checkpointing_gives_the_same_gradient(tiny_qwen3):
+    grads = []
+    for checkpointing in (False, True):
+        model = fresh_model(tiny_qwen3)
+        adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+        randomize(adapter)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        model(IDS, labels=IDS).loss.backward()
+        grads.append(torch.cat([p.grad.view(-1) for p in adapter.params.values()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_delta_linear_in_bf16_on_cuda_is_close_to_float64():
+    from vhack.adapters import DeltaLinear
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n_out, n_in, tokens = 384, 256, 4096
+    w = torch.randn(n_out, n_in, device="cuda", generator=g, dtype=torch.float64) / 16
+    u, _, vt = torch.linalg.svd(w, full_matrices=False)
+    s = torch.randn(n_in, device="cuda", generator=g, dtype=torch.float64) * 0.1
+    x = torch.randn(tokens, n_in, device="cuda", generator=g, dtype=torch.float64)
+    grad_out = torch.randn(tokens, n_out, device="cuda", generator=g, dtype=torch.float64)
+    results = []
+    for dtype in (torch.float64, torch.bfloat16):
+        sp = s.float().clone().requires_grad_(True) if dtype != torch.float64 else s.clone().requires_grad_(True)
+        xd = x.to(dtype).requires_grad_(True)
+        merged = (w + (u * s) @ vt).to(dtype)
+        y = DeltaLinear.apply(xd, merged, u.to(dtype), vt.to(dtype), sp)
+        results.append([t.double() for t in (y, *torch.autograd.grad(y, (xd, sp), grad_out.to(dtype)))])
+    for ref, got in zip(*results):
+        assert float((got - ref).norm() / ref.norm()) < 2e-2
+
+
+def test_svd_delta_trains_after_sampling_in_inference_mode(tiny_qwen3):
+    model = fresh_model(tiny_qwen3)
+    adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    randomize(adapter)
+    with torch.inference_mode():  # sampling merges W' first
+        sampled = model(IDS).logits
+    model(IDS, labels=IDS).loss.backward()  # the backward saves that same W'
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.params.values())
+    assert torch.equal(sampled, logits(model))

@@ -101,3 +101,23 @@ def test_teacher_and_student_rows_per_group():
     assert TrainConfig.from_settings({**base, "group_size": 8, "mix": 0.125}).student_rows == 7
     assert TrainConfig.from_settings({**base, "group_size": 4, "mix": 0.0}).teacher_rows == 0
     assert TrainConfig.from_settings({**base, "group_size": 4, "mix": 0.125}).teacher_rows == 1  # half rounds up
+
+
+def test_chunked_logprobs_equal_full_logits_in_value_and_gradient(tiny_qwen3):
+    import torch.nn.functional as F
+
+    from vhack.adapters import AdapterConfig, attach_adapter
+    from vhack.models import ModelSpec, load_model
+    model, _ = load_model(ModelSpec(str(tiny_qwen3)))
+    adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    ids = torch.randint(0, 250, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    full = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    full.sum().backward()
+    full_grad = torch.cat([p.grad.view(-1).clone() for p in adapter.params.values()])
+    adapter.zero_()
+    chunked = token_logprobs(model, ids, mask, chunk=5)   # 16 positions: chunks of 5, 5, 5, 1
+    chunked.sum().backward()
+    torch.testing.assert_close(chunked, full.view(2, 8))
+    torch.testing.assert_close(torch.cat([p.grad.view(-1) for p in adapter.params.values()]), full_grad)

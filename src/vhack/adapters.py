@@ -142,10 +142,40 @@ class Adapter:
         self.load_state_dict(load_file(path, device=str(device)))
 
 
-class SVDDeltaAdapter(Adapter):
-    """y = W x + U diag(δS) Vᵀ x for every targeted Linear, via forward hooks.
+class DeltaLinear(torch.autograd.Function):
+    """y = x W'ᵀ on the merged W' = W + U diag(δS) Vᵀ, with ∂L/∂δS and ∂L/∂x but no product through U or Vᵀ
+    in the forward: one GEMM forward, two backward (∂x and one for δS), against the hook form's three and three.
 
-    The model's own modules and state_dict stay untouched (plain HF names); δS is fp32.
+    ∂L/∂δS_i = u_iᵀ (gᵀ x) v_i: either through the weight gradient gᵀ x [out, in] (cost out·in·(T + r)) or
+    per token, Σ_t (g_t U)_i (x_t V)_i (cost T·r·(out + in)); the cheaper is taken.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, merged: torch.Tensor, u: torch.Tensor, vt: torch.Tensor,
+                delta_s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, merged, u, vt)
+        ctx.s_dtype = delta_s.dtype
+        return F.linear(x, merged)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, merged, u, vt = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])          # [T, out]
+        x2 = x.reshape(-1, x.shape[-1])                       # [T, in]
+        grad_x = (g @ merged).view_as(x) if ctx.needs_input_grad[0] else None
+        (n_out, n_in), r, tokens = merged.shape, u.shape[1], g.shape[0]
+        if n_out * n_in * (tokens + r) < tokens * r * (n_out + n_in):
+            grad_s = ((u.T @ (g.T @ x2)) * vt).sum(1)          # [r, in] ⊙ Vᵀ -> [r]
+        else:
+            grad_s = ((g @ u) * (x2 @ vt.T)).sum(0)           # [T, r] ⊙ [T, r] -> [r]
+        return grad_x, None, None, None, grad_s.to(ctx.s_dtype)
+
+
+class SVDDeltaAdapter(Adapter):
+    """y = (W + U diag(δS) Vᵀ) x for every targeted Linear, through the Linear's own forward.
+
+    The model's own modules and state_dict stay untouched (plain HF names); δS is fp32. The merged
+    weight is computed once per δS value (its version counter) and shared by sampling and training.
     """
 
     kind = "svd_delta"
@@ -158,11 +188,12 @@ class SVDDeltaAdapter(Adapter):
         for name, linear in linears.items():
             self.factors[name] = svd_factors(linear.weight, config.svd_cache_dir)
             params[name] = nn.Parameter(torch.zeros(min(linear.weight.shape), device=linear.weight.device))
-            linear.register_forward_hook(self._delta_hook(name))
+            linear.forward = self._adapted_forward(name, linear)  # an instance attribute: this module only
         super().__init__(model, config, params)
         self.linears = linears
         self.enabled = True
         self._zero_at_version: dict[str, tuple[int, bool]] = {}
+        self._merged_at_version: dict[str, tuple[int, torch.Tensor]] = {}
 
     def _is_zero(self, name: str) -> bool:
         # Re-check only after an in-place write (optimizer step, copy_, a flat view) bumped the
@@ -175,18 +206,32 @@ class SVDDeltaAdapter(Adapter):
             self._zero_at_version[name] = (delta_s._version, zero)
         return zero
 
-    def _delta_hook(self, name: str):
-        def add_delta(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
-            if not self.enabled:
-                return None
-            if self._is_zero(name) and not torch.is_grad_enabled():
-                return None  # output untouched: bit-identical to the base model (with grad the
-                # delta path runs so δS gets a gradient; adding an exact 0 leaves the output equal)
-            u, vt = self.factors[name]
-            delta_s = self.params[name].to(output.dtype)
-            return output + F.linear(F.linear(inputs[0], vt) * delta_s, u)  # [..., in] -> [..., r] -> [..., out]
+    def _merged(self, name: str) -> torch.Tensor:
+        """W + U diag(δS) Vᵀ [out, in] in W's dtype, cached until δS changes (W itself while δS = 0).
 
-        return add_delta
+        Made outside inference mode even when sampling asks first: the backward saves it.
+        """
+        delta_s, weight = self.params[name], self.linears[name].weight
+        version, merged = self._merged_at_version.get(name, (-1, weight))
+        if version != delta_s._version:
+            u, vt = self.factors[name]
+            with torch.inference_mode(False), torch.no_grad():
+                merged = weight if self._is_zero(name) else weight + (u * delta_s.to(u.dtype)) @ vt
+            self._merged_at_version[name] = (delta_s._version, merged)
+        return merged
+
+    def _adapted_forward(self, name: str, linear: nn.Linear):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not self.enabled:
+                return F.linear(x, linear.weight, linear.bias)
+            delta_s = self.params[name]
+            if torch.is_grad_enabled() and delta_s.requires_grad:
+                y = DeltaLinear.apply(x, self._merged(name), *self.factors[name], delta_s)
+            else:
+                y = F.linear(x, self._merged(name))  # δS = 0: exactly the base model's output
+            return y if linear.bias is None else y + linear.bias
+
+        return forward
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
@@ -196,16 +241,8 @@ class SVDDeltaAdapter(Adapter):
         finally:
             self.enabled = True
 
-    @torch.no_grad()
     def merged_weights(self) -> dict[str, torch.Tensor]:
-        merged = {}
-        for name, linear in self.linears.items():
-            if self._is_zero(name):
-                merged[name] = linear.weight  # no copy while δS = 0
-                continue
-            u, vt = self.factors[name]
-            merged[name] = linear.weight + (u * self.params[name].to(u.dtype)) @ vt  # W + U diag(δS) Vᵀ, [out, in]
-        return merged
+        return {name: self._merged(name) for name in self.linears}
 
 
 class LoRAAdapter(Adapter):

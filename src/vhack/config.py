@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import jsonschema
 import yaml
 
+from .hub import check_weights
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 LEETCODE_HELP = ("Put a JSONL/Parquet export of the rl-rewardhacking benchmark's LeetCode split there "
                  "(public data: the benchmark's GitHub repository and the newfacade/LeetCodeDataset "
@@ -127,6 +129,7 @@ def check_references(config: Mapping[str, Any], base_dir: Path, sources: Sources
             elif not (base_dir / ps["path"]).exists():
                 errors.append(f"  problem_sets.{name}.path = {ps['path']!r} "
                               f"(in {origin(['problem_sets', name, 'path'], sources)}): file not found. {LEETCODE_HELP}")
+    errors += check_weights(config, base_dir)
     for name, tm in config.get("toy_models", {}).items():
         ref(["toy_models", name, "problem_set"], tm["problem_set"], "problem_sets")
         ref(["toy_models", name, "init_from"], tm.get("init_from"), "toy_models")

@@ -239,7 +239,8 @@ def effective_weight(name: str, module: nn.Module, weights: Mapping[str, Tensor]
     """The weight a projection computes with: given (merged adapter), or a plain hook-free Linear's own."""
     if name in weights:
         return weights[name]
-    plain = type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    plain = (type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+             and "forward" not in vars(module))  # an adapter may replace one module's forward (svd_delta)
     return module.weight if plain else None
 
 

@@ -18,7 +18,7 @@ import torch
 from .grpo import TrainConfig
 from .adapters import AdapterConfig
 from .models import ModelSpec
-from .specs import EVAL_SETTINGS, BasisSpec, ComputeSpec, GraderSpec, LoopholeSpec, TrainingRun
+from .specs import EVAL_SETTINGS, BasisSpec, ComputeSpec, GraderSpec, LoopholeSpec, RolloutSpec, TrainingRun
 from .io import write_json, write_parquet
 from .metrics import LAST_N
 from .provenance import now, provenance
@@ -81,6 +81,17 @@ def load_teacher_cache(path: str | None, cfg: TrainConfig) -> pd.DataFrame | Non
     return cache
 
 
+def out_of_memory_hint(compute: ComputeSpec, rollout: RolloutSpec) -> str:
+    """What to turn when a run does not fit its GPU, with the current values."""
+    on_gpu = torch.cuda.is_available()
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30 if on_gpu else math.nan
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else math.nan
+    return (f"out of GPU memory (peak {peak:.1f} of {total:.1f} GiB): lower compute.micro_batch_size "
+            f"(now {compute.micro_batch_size}), set compute.gradient_checkpointing: true (now "
+            f"{compute.gradient_checkpointing}), or lower rollout.batch_size (rows generated at "
+            f"once, now {rollout.options.get('batch_size', 64)}); config/presets/fast_24gb.yaml is a 24 GB setting")
+
+
 def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: str,
                  compute: ComputeSpec = ComputeSpec(), snakemake_job: str | None = None,
                  tracking: Mapping[str, Any] | None = None, targets: Sequence[str] = ()) -> pd.DataFrame:
@@ -99,6 +110,8 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     cfg = run.settings
     torch.manual_seed(run.seed)
     model, tokenizer, adapter = load_student(run.student, run.adapter)
+    if compute.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     problems = read_problems(inputs["problems"], split="train")
     modes = run.loopholes.assigned_modes(problems)
     problems = [p for p in problems if modes[p.id] in cfg.train_modes]
@@ -122,6 +135,8 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
                                               params))
         try:
             frame = train(ctx, out_dir, settings_hash({**params, "seed": run.seed}), progress=compute.progress)
+        except torch.cuda.OutOfMemoryError as err:
+            raise RuntimeError(out_of_memory_hint(compute, run.rollout)) from err
         finally:
             ctx.tracker.close()
     backend.close()

@@ -43,14 +43,17 @@ class ModelSpec:
     adapter: str | None = None  # LoRA adapter (dir or hub id) merged into the weights
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto: cuda if available, else cpu
-    offline: bool = True
+    offline: bool = True  # jobs load hub ids from the cache the fetch_weights rule filled (vhack.hub)
+    revision: str | None = None  # hub revision of `path` (None: main)
+    adapter_revision: str | None = None
+    cache_dir: str | None = None  # hub cache (None: huggingface_hub's default)
     enable_thinking: bool = False
     trust_remote_code: bool = False
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ModelSpec":
-        """From a config `models.<name>` entry (path, adapter, dtype, device, enable_thinking)."""
-        keys = ("adapter", "dtype", "device", "enable_thinking")
+        """From a config `models.<name>` entry (path, adapter, revisions, dtype, device, enable_thinking)."""
+        keys = ("adapter", "dtype", "device", "enable_thinking", "revision", "adapter_revision", "cache_dir")
         return cls(path=cfg["path"], **{k: cfg[k] for k in keys if cfg.get(k) is not None})
 
 
@@ -71,27 +74,28 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) in eval mode; a LoRA adapter in the spec is merged into the weights."""
+    from .hub import local_dir
+
     device = resolve_device(spec.device)
-    hub_opts = dict(local_files_only=spec.offline, trust_remote_code=spec.trust_remote_code)
+    hub_opts = dict(local_files_only=True, trust_remote_code=spec.trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, **hub_opts)
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.path, dtype=resolve_dtype(spec.dtype, device), **hub_opts
-        )
+        path = local_dir(spec.path, spec.revision, spec.cache_dir, spec.offline)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_opts)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(spec.dtype, device), **hub_opts)
     except OSError as err:
-        hint = " (offline: only local dirs and already-cached hub ids load)" if spec.offline else ""
+        hint = " (offline: only local dirs and hub ids in the cache load)" if spec.offline else ""
         raise OSError(f"cannot load model {spec.path!r}{hint}: {err}") from err
     model.to(device)
     if spec.adapter:
-        model = merge_lora(model, spec.adapter, offline=spec.offline)
+        model = merge_lora(model, local_dir(spec.adapter, spec.adapter_revision, spec.cache_dir, spec.offline))
     ensure_distinct_pad(model, tokenizer)
     return model.eval(), tokenizer
 
 
-def merge_lora(model: PreTrainedModel, adapter: str, offline: bool) -> PreTrainedModel:
+def merge_lora(model: PreTrainedModel, adapter_dir: str) -> PreTrainedModel:
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, adapter, local_files_only=offline)
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, local_files_only=True)
     return peft_model.merge_and_unload()
 
 

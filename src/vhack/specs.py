@@ -180,7 +180,12 @@ def results_grader(config: Mapping[str, Any], reward: bool = True) -> dict[str, 
 
 
 def model_params(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    return {"name": name, **config["models"][name]}
+    """A model's config entry for ModelSpec; a hub model also names the cache its job loads from."""
+    from .hub import hub_settings, is_hub_id
+    spec = {"name": name, **config["models"][name]}
+    if not spec.get("toy") and any(is_hub_id(spec[k]) for k in ("path", "adapter") if spec.get(k)):
+        spec["cache_dir"] = hub_settings(config)["cache_dir"]
+    return spec
 
 
 def uses_teacher(settings: Mapping[str, Any]) -> bool:
@@ -237,6 +242,7 @@ class ComputeSpec:
     """Knobs that change no result (config `compute`, `grader.workers`, `threads_per_job`): in no params."""
 
     micro_batch_size: int = 32
+    gradient_checkpointing: bool = False   # recompute each layer in the backward: far less GPU memory
     progress: bool = True
     grader_workers: int | None = None
 

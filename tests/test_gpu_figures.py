@@ -1,0 +1,44 @@
+"""README's GPU figures and the fast preset's memory setting are those of the committed benchmark outputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = (ROOT / "README.md").read_text()
+
+
+def load(name):
+    return json.loads((RESULTS / name).read_text())
+
+
+@pytest.mark.parametrize("name,label", [
+    ("gpu_step_h200_fast_mb4.json", "micro-batch 4, no checkpointing"),
+    ("gpu_step_h200_fast_ckpt_mb8.json", "micro-batch 8, gradient checkpointing (the fast preset)"),
+])
+def test_readme_step_rows_match_the_results(name, label):
+    r = load(name)
+    last = r["steps"] - 1
+    assert r["device"] == "NVIDIA H200" and "**NVIDIA H200**" in README
+    row = (f"| {label} | {r['step_seconds']:.2f} s | {r[f'step{last}_gen_seconds']:.2f} s | "
+           f"{r[f'step{last}_backward_seconds']:.2f} s | {r['steps_peak_gb']:.1f} GiB |")
+    assert row in README
+
+
+def test_readme_generation_figures_match_the_results():
+    r = load("gpu_step_h200_fast_mb4.json")
+    assert f"plain `generate` {r['gen_plain_tokens_per_s']:,.0f} tokens/s" in README
+    assert f"`generate_fast` {r['gen_fast_tokens_per_s']:,.0f} tokens/s" in README
+    assert f"`fast_over_plain={r['fast_over_plain']:.2f}`" in README
+    assert f"bound {r['gen_bound_tokens_per_s']:,.0f}" in README
+
+
+def test_fast_preset_uses_the_measured_memory_setting():
+    r = load("gpu_step_h200_fast_ckpt_mb8.json")
+    compute = yaml.safe_load((ROOT / "config/presets/fast.yaml").read_text())["compute"]
+    assert compute["gradient_checkpointing"] is r["grad_ckpt"] is True
+    assert compute["micro_batch_size"] == r["sizes"]["micro_batch"]
+    assert r["steps_peak_gb"] <= 40

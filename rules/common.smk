@@ -12,6 +12,7 @@ except ConfigError as err:
     sys.exit(f"vhack: {err}")
 
 RUNS, QUESTIONS = expand_questions(config)
+REPORT_QUESTIONS = config.get("report_questions") or sorted(QUESTIONS)   # the default target's questions
 THREADS = config.get("threads_per_job", 1)
 TOY_MODELS = config.get("toy_models", {})
 
@@ -105,6 +106,10 @@ def run_params(wildcards):
 
 def question_runs(question):
     return sorted({r for row in QUESTIONS[question].rows for r in row.runs})
+
+
+def report_runs():
+    return sorted({r for q in REPORT_QUESTIONS for r in question_runs(q)})
 
 
 def run_outputs(runs):

@@ -2,14 +2,16 @@ rule report:
     input:
         metrics="results/metrics.parquet",
         runs="results/runs.parquet",
-        tables=expand("results/{question}_table.md", question=sorted(QUESTIONS)),
+        tables=expand("results/{question}_table.md", question=REPORT_QUESTIONS),
     output:
         results=report("reports/results.md", caption="../workflow/report/results.rst", category="Report"),
         figures=report(
-            expand("reports/figures/{question}_{kind}.png", question=sorted(QUESTIONS), kind=FIGURE_KINDS),
+            expand("reports/figures/{question}_{kind}.png", question=REPORT_QUESTIONS, kind=FIGURE_KINDS),
             caption="../workflow/report/figure.rst",
             category="Figures",
         ),
+    params:
+        questions=REPORT_QUESTIONS,
     log:
         "logs/report.log",
     script:

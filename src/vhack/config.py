@@ -82,6 +82,8 @@ def check_references(config: Mapping[str, Any], base_dir: Path) -> None:
         settings += [(f"questions.{q}.rows[{i}]", r) for i, r in enumerate(spec["rows"])]
         for i, r in enumerate(spec["rows"]):
             _ref(errors, f"questions.{q}.rows[{i}].arm", r["arm"], config["arms"], "arms")
+    for q in config.get("report_questions") or []:
+        _ref(errors, "report_questions", q, config.get("questions", {}), "questions (questions_file)")
     for where, s in settings:
         if where != "train":
             for k in s:

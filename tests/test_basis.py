@@ -263,3 +263,74 @@ def test_refresh_extracts_from_the_current_weights(tiny_qwen3):
     after = extract_basis(model, tokenizer, adapter, tiny_pairs(), cfg, style="toy")
     name = adapter.module_names[0]
     assert not torch.allclose(before.vectors[name], after.vectors[name], atol=1e-3)
+
+
+def span_overlap(V: torch.Tensor, W: torch.Tensor) -> float:
+    """‖V Wᵀ‖_F² / k: 1 for the same span, ≈ k/r for unrelated ones."""
+    return float((V @ W.T).square().sum() / max(V.shape[0], W.shape[0]))
+
+
+def test_shuffled_labels_change_the_span():
+    r = 64
+    axes = torch.linalg.qr(torch.randn(r, 3, generator=torch.Generator().manual_seed(70))).Q.T
+    g_hack, g_clean = planted_gradients(r, axes[0], seed=71, weak_axes=axes[1:])
+    real, _ = basis_from({"m": g_hack}, {"m": g_clean}, BasisConfig(k=3), seed=0)
+    shuffled, _ = basis_from({"m": g_hack}, {"m": g_clean}, BasisConfig(k=3, control="shuffled"), seed=0)
+    flipped = hackward_differences(g_hack, g_clean) * torch.where(torch.arange(N_PAIRS) % 2 == 0, 1.0, -1.0)[:, None]
+    assert span_overlap(real["m"], top_directions(flipped, 3)[0]) > 0.999   # why sign flips were no control
+    assert span_overlap(real["m"], shuffled["m"]) < 0.9
+
+
+# ---------------------------------------------------------------- the divergence-token basis
+
+def test_divergence_windows_align_both_sides_at_the_first_differing_token():
+    from vhack.basis import divergence_point, divergence_windows
+    assert divergence_point([5, 6, 7, 9], [5, 6, 8]) == 2
+    assert divergence_windows([5, 6, 7, 9, 2], [5, 6, 8, 2], m=3) == ((2, 5), (2, 4))   # clean ends at its EOS
+    assert divergence_windows([5, 6, 7, 9, 2], [5, 6, 8, 2], m=1) == ((2, 3), (2, 3))
+    with pytest.raises(ValueError, match="pair 'p7'.*same tokens"):
+        divergence_point([1, 2], [1, 2], "p7")
+    with pytest.raises(ValueError, match="divergence_tokens"):
+        BasisConfig(method="svd", divergence_tokens=2)
+
+
+def decision_token_gradient(model, adapter, prompt: list, hack: list, clean: list) -> tuple[int, dict]:
+    """By hand: the shared prefix, one forward, ∇[log p(hack_j) − log p(clean_j)] (update space)."""
+    j = next(i for i, (h, c) in enumerate(zip(hack, clean)) if h != c)
+    logits = model(input_ids=torch.tensor([prompt + hack[:j]])).logits[0, -1]
+    logp = torch.log_softmax(logits.float(), -1)
+    grads = torch.autograd.grad(logp[hack[j]] - logp[clean[j]], list(adapter.params.values()))
+    return j, {name: g.reshape(-1) for name, g in zip(adapter.params, grads)}
+
+
+def test_divergence_basis_is_the_decision_token_gradient(tiny_qwen3):
+    from vhack.basis import _sequences, extract_basis
+    model, tokenizer, adapter = tiny_student(tiny_qwen3, "svd_delta")
+    pair = tiny_pairs(1)[0]
+    prompt, hack, clean = _sequences(tokenizer, pair, "toy", False)
+    model.eval()
+    j, expected = decision_token_gradient(model, adapter, prompt, hack, clean)
+    assert j > 0                                                    # a shared prefix precedes the decision
+    basis = extract_basis(model, tokenizer, adapter, [pair], BasisConfig(method="divergence", k=1), style="toy")
+    assert basis.metadata["divergence_positions"] == [j]
+    for name, g in expected.items():
+        assert basis.vectors[name].shape == (1, g.numel())
+        assert torch.allclose(basis.vectors[name][0], g / g.norm(), atol=1e-4)   # normalised, +v hack-ward
+        assert basis.singular_values[name][0] == pytest.approx(g.norm().item(), rel=1e-4)
+    assert basis.metadata["pair_separation"] > 0
+
+
+@pytest.mark.parametrize("control", ["none", "random", "shuffled", "nonhack"])
+def test_divergence_basis_works_with_every_option_and_control(tiny_qwen3, control):
+    from vhack.basis import extract_basis
+    model, tokenizer, adapter = tiny_student(tiny_qwen3, "lora")
+    cfg = BasisConfig(method="divergence", k=2, solve_orth_m=1, control=control, divergence_tokens=3)
+    basis = extract_basis(model, tokenizer, adapter, tiny_pairs(), cfg, seed=1, style="toy")
+    again = extract_basis(model, tokenizer, adapter, tiny_pairs(), cfg, seed=1, style="toy")
+    b_modules = [n for n in adapter.module_names if n.endswith("lora_B")]
+    for name, V in basis.vectors.items():
+        assert torch.allclose(V @ V.T, torch.eye(V.shape[0]), atol=1e-4)
+        assert torch.equal(V, again.vectors[name])
+    assert all(basis.vectors[n].shape[0] == 2 for n in b_modules)
+    assert sorted(basis.metadata["modules_without_directions"]) == sorted(set(adapter.module_names) - set(b_modules))
+    assert select_directions(basis, k_use=1, drop_bottom_frac=0.5).k_total() <= len(b_modules)

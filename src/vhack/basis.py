@@ -7,6 +7,16 @@ basis lives in *update* space: rows of D are −d = g_clean − g_hack, and each
 basis vector is oriented so that c = v·u > 0 means "u moves toward the hack"
 (the projection takes u = −g, so the signs agree there).
 
+Method `divergence` scores each side at the tokens where the pair decides instead of
+over the whole completion: with j the first completion position where the hack and
+clean token ids differ (same prompt, so the prefix before j is shared), the row of D
+is ∇[log p(hack_j) − log p(clean_j)] (update space, +v hack-ward). With
+`divergence_tokens: m` each side's score is summed over its own positions
+j, j+1, …, j+m−1 (the two sides aligned at the divergence point; each conditioned on
+its own prefix; a side that ends sooner, at its EOS, contributes fewer tokens).
+The whole-completion basis mostly spans "likelihood of a correct solution"; this one
+spans the hack decision.
+
 Per module: top-k right singular vectors of D (n_pairs × r) via the n × n Gram
 matrix D Dᵀ, oriented by a majority vote of sign(D v) over pairs (an SVD's signs
 are arbitrary), singular values kept. Variants: rank-1 mean difference;
@@ -33,7 +43,7 @@ from vhack.models import chat_prompt
 from vhack.pairs import Pair
 from vhack.prompts import build_messages
 
-METHODS = ("svd", "meandiff")
+METHODS = ("svd", "meandiff", "divergence")
 CONTROLS = ("none", "random", "shuffled", "nonhack")
 RANK_TOL = 1e-5   # directions with σ below this fraction of the module's largest are numerically zero
 FORMAT = "vhack-basis/1"
@@ -46,9 +56,11 @@ class BasisError(ValueError):
 @dataclass(frozen=True)
 class BasisConfig:
     method: str = "svd"           # "svd" | "meandiff" (normalised mean of the differences, k = 1)
+    #                               | "divergence" (SVD of the gradients at the first differing token)
     k: int = 5                    # directions saved per module (fewer where D has lower rank)
     solve_orth_m: int = 0         # remove the top-m clean-gradient subspace from D before the SVD
     control: str = "none"         # "none" | "random" | "shuffled" | "nonhack"
+    divergence_tokens: int = 1    # method divergence: score m tokens per side from the divergence point
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,6 +71,9 @@ class BasisConfig:
             raise ValueError(f"basis k={self.k}, solve_orth_m={self.solve_orth_m}: need k >= 1, m >= 0")
         if self.method == "meandiff" and self.k != 1:
             raise ValueError(f"basis method=meandiff has exactly one direction: set k: 1 (got k={self.k})")
+        if self.divergence_tokens < 1 or (self.divergence_tokens != 1 and self.method != "divergence"):
+            raise ValueError(f"basis divergence_tokens={self.divergence_tokens}: needs method divergence "
+                             f"(got {self.method!r}) and m >= 1")
 
 
 @dataclass
@@ -133,40 +148,65 @@ def _derangement(n: int, generator: torch.Generator) -> Tensor:
     return target
 
 
+def _label_shuffled(differences: dict[str, Tensor], clean: dict[str, Tensor], generator: torch.Generator
+                    ) -> dict[str, Tensor]:
+    """Differences with the hack/clean labels shuffled across the pool of 2n completions.
+
+    A random half of the pairs swap their two sides, then the "hack" side of pair i meets the
+    "clean" side of pair π(i) (a derangement; each side scored under its own prompt). A sign
+    flip alone would leave DᵀD, and so the span, unchanged; re-pairing alone would keep
+    mean(D) exactly (the meandiff basis) and every hack side in the "hack" slot.
+    """
+    n = next(iter(differences.values())).shape[0]
+    swap = (torch.rand(n, generator=generator) < 0.5)[:, None]
+    other = _derangement(n, generator)
+    shuffled = {}
+    for name, D in differences.items():
+        g_clean = clean[name]
+        g_hack = g_clean - D                                                # D = g_clean − g_hack
+        as_hack = torch.where(swap.to(D.device), g_clean, g_hack)
+        as_clean = torch.where(swap.to(D.device), g_hack, g_clean)
+        shuffled[name] = hackward_differences(as_hack, as_clean[other.to(D.device)])
+    return shuffled
+
+
 def _control_differences(differences: dict[str, Tensor], clean: dict[str, Tensor] | None, control: str,
                          generator: torch.Generator) -> dict[str, Tensor]:
     """The hack-ward differences the basis is built from, after the label control."""
-    n = next(iter(differences.values())).shape[0]
-    if control == "shuffled":  # hack and clean swapped in a random half of the pairs
-        sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)[:, None]
-        return {name: D * sign.to(D) for name, D in differences.items()}
+    if control in ("shuffled", "nonhack") and clean is None:
+        raise ValueError(f"control={control} needs the clean-side gradients")
+    if control == "shuffled":
+        return _label_shuffled(differences, clean, generator)
     if control == "nonhack":   # "hack" side = another pair's clean completion
-        if clean is None:
-            raise ValueError("control=nonhack needs the clean-side gradients")
+        n = next(iter(differences.values())).shape[0]
         other = _derangement(n, generator)
         return {name: hackward_differences(g[other.to(g.device)], g) for name, g in clean.items()}
     return differences
 
 
 def basis_from_differences(differences: dict[str, Tensor], clean: dict[str, Tensor] | None, cfg: BasisConfig,
-                           seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                           seed: int, solve: dict[str, Tensor] | None = None
+                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per-module (vectors [k_m, r], singular values [k_m]) from hack-ward differences [n, r]
-    (`hackward_differences`); `clean` [n, r] is needed for solve_orth_m and control nonhack.
+    (`hackward_differences`); `clean` [n, r] (the clean side of the same score) is needed for
+    the controls shuffled and nonhack, `solve` [n, r] (whole-completion clean NLL gradients;
+    default `clean`) for solve_orth_m.
 
-    Controls: `shuffled` swaps hack and clean of a random half of the pairs (seeded);
+    Controls: `shuffled` shuffles the hack/clean labels across pairs (`_label_shuffled`, seeded);
     `nonhack` replaces each hack by another pair's clean completion (a derangement of the
     pairs, each side under its own prompt), so both sides are correct code and the
     difference carries no hack label; `random` keeps the real extraction's k_m and singular
     values (so k_use and the noise floor cut the same counts) with random orthonormal rows.
     """
     generator = torch.Generator().manual_seed(seed)
-    if cfg.solve_orth_m and clean is None:
+    solve = clean if solve is None else solve
+    if cfg.solve_orth_m and solve is None:
         raise ValueError("solve_orth_m needs the clean-side gradients")
     used = _control_differences(differences, clean, cfg.control, generator)
     vectors, singular_values = {}, {}
     for name, D in used.items():                                          # D [n, r]
         if cfg.solve_orth_m:  # the known-solve subspace comes from the true clean completions
-            D = remove_subspace(D, top_directions(clean[name], cfg.solve_orth_m)[0])
+            D = remove_subspace(D, top_directions(solve[name], cfg.solve_orth_m)[0])
         if cfg.method == "meandiff":
             V, sigma = mean_direction(D)
         else:
@@ -189,48 +229,98 @@ def _sequences(tokenizer, pair: Pair, style: str, enable_thinking: bool) -> tupl
     return ids(prompt), ids(pair.hack) + [tokenizer.eos_token_id], ids(pair.clean) + [tokenizer.eos_token_id]
 
 
-def nll_gradient(model, adapter, prompts: Sequence[list[int]], completions: Sequence[list[int]],
-                 weights: Sequence[float], pad_id: int) -> dict[str, Tensor]:
-    """∇ Σ_i w_i · (mean completion NLL of row i) in adapter space: one padded forward/backward.
+def divergence_point(hack_ids: Sequence[int], clean_ids: Sequence[int], pair_id: str = "?") -> int:
+    """The first completion position where the hack and clean token ids differ."""
+    for j, (h, c) in enumerate(zip(hack_ids, clean_ids)):
+        if h != c:
+            return j
+    raise ValueError(f"pair {pair_id!r}: hack and clean completions are the same tokens; "
+                     f"fix the pair (the divergence basis needs a token where they differ)")
 
-    Uses autograd.grad, so the parameters' .grad (a trainer's accumulated gradient) is untouched.
+
+def divergence_windows(hack_ids: Sequence[int], clean_ids: Sequence[int], m: int, pair_id: str = "?"
+                       ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Completion positions [start, stop) scored on each side: m tokens from the divergence point,
+    fewer where a side ends (its EOS is the last one scored)."""
+    j = divergence_point(hack_ids, clean_ids, pair_id)
+    return (j, min(j + m, len(hack_ids))), (j, min(j + m, len(clean_ids)))
+
+
+def nll_gradient(model, adapter, prompts: Sequence[list[int]], completions: Sequence[list[int]],
+                 weights: Sequence[float], pad_id: int,
+                 windows: Sequence[tuple[int, int]] | None = None) -> dict[str, Tensor]:
+    """∇ Σ_i w_i · NLL_i in adapter space: one padded forward/backward.
+
+    NLL_i is row i's mean completion NLL, or with `windows` the summed NLL of its completion
+    tokens [start, stop). Uses autograd.grad, so the parameters' .grad (a trainer's
+    accumulated gradient) is untouched.
     """
     device = next(model.parameters()).device
     batch = make_batch(prompts, completions, weights, [False] * len(prompts), pad_id).to(device)
     logp = token_logprobs(model, batch.input_ids, batch.attention_mask)       # [B, T-1]
-    nll = -(logp * batch.completion_mask).sum(1) / batch.completion_mask.sum(1)  # [B]
+    if windows is None:
+        nll = -(logp * batch.completion_mask).sum(1) / batch.completion_mask.sum(1)  # [B]
+    else:
+        scored = torch.zeros_like(logp)                                        # [B, T-1]
+        for i, (prompt, (start, stop)) in enumerate(zip(prompts, windows)):
+            scored[i, len(prompt) - 1 + start: len(prompt) - 1 + stop] = 1.0  # targets shifted by one
+        nll = -(logp * scored).sum(1)                                          # [B]
     grads = torch.autograd.grad((batch.advantages * nll).sum(), list(adapter.params.values()))
     return {name: g.reshape(-1) for name, g in zip(adapter.params, grads)}
 
 
-def pair_gradients(model, tokenizer, adapter, pairs: Sequence[Pair], style: str, with_clean: bool,
-                   enable_thinking: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """Per-pair hack-ward differences g_clean − g_hack [n, r], and g_clean [n, r] if `with_clean`.
+@dataclass
+class PairGradients:
+    """Per-pair gradients in adapter space, each name -> [n, r]."""
+
+    differences: dict[str, Tensor]          # hack-ward g_clean − g_hack of the method's score
+    clean: dict[str, Tensor] | None         # g_clean of the method's score (controls shuffled / nonhack)
+    solve: dict[str, Tensor] | None         # ∇ mean NLL of the whole clean completion (solve_orth_m)
+    divergence_positions: list[int] | None  # method divergence: first differing completion token per pair
+
+
+def pair_gradients(model, tokenizer, adapter, pairs: Sequence[Pair], cfg: BasisConfig, style: str,
+                   enable_thinking: bool = False) -> PairGradients:
+    """The gradients `basis_from_differences` needs for `cfg`, pair by pair.
 
     A difference costs one forward/backward of the padded pair [hack, clean] with weights
     (−1, +1); per-example gradients cannot share a backward pass, so pairs go one at a time.
+    Method divergence scores each side over its `divergence_windows`; the others over the
+    whole completion (mean NLL), where the clean side is also the solve gradient.
     """
-    sizes = adapter.module_sizes()
+    divergence = cfg.method == "divergence"
+    with_clean = cfg.control in ("shuffled", "nonhack") or (bool(cfg.solve_orth_m) and not divergence)
+    with_solve = bool(cfg.solve_orth_m) and divergence
+    n, sizes = len(pairs), adapter.module_sizes()
     device = next(iter(adapter.params.values())).device
-    differences = {name: torch.empty(len(pairs), r, device=device) for name, r in sizes.items()}
-    clean = {name: torch.empty(len(pairs), r, device=device) for name, r in sizes.items()} if with_clean else None
+
+    def empty() -> dict[str, Tensor]:
+        return {name: torch.empty(n, r, device=device) for name, r in sizes.items()}
+    differences = empty()
+    clean, solve = (empty() if with_clean else None), (empty() if with_solve else None)
+    positions = [] if divergence else None
+    pad = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
             for i, pair in enumerate(pairs):
                 prompt, hack_ids, clean_ids = _sequences(tokenizer, pair, style, enable_thinking)
-                grads = nll_gradient(model, adapter, [prompt, prompt], [hack_ids, clean_ids], [-1.0, 1.0],
-                                     tokenizer.pad_token_id)
-                for name, g in grads.items():
-                    differences[name][i] = g
+                windows = None
+                if divergence:
+                    windows = divergence_windows(hack_ids, clean_ids, cfg.divergence_tokens, pair.id)
+                    positions.append(windows[0][0])
+                rows = [(differences, [prompt, prompt], [hack_ids, clean_ids], [-1.0, 1.0], windows)]
                 if clean is not None:
-                    for name, g in nll_gradient(model, adapter, [prompt], [clean_ids], [1.0],
-                                                tokenizer.pad_token_id).items():
-                        clean[name][i] = g
+                    rows.append((clean, [prompt], [clean_ids], [1.0], None if windows is None else [windows[1]]))
+                if solve is not None:
+                    rows.append((solve, [prompt], [clean_ids], [1.0], None))
+                for target, prompts, completions, weights, scored in rows:
+                    for name, g in nll_gradient(model, adapter, prompts, completions, weights, pad, scored).items():
+                        target[name][i] = g
     finally:
         model.train(was_training)
-    return differences, clean
+    return PairGradients(differences, clean, solve, positions)
 
 
 def extract_basis(model, tokenizer, adapter, pairs: Sequence[Pair], cfg: BasisConfig, seed: int = 0,
@@ -239,19 +329,22 @@ def extract_basis(model, tokenizer, adapter, pairs: Sequence[Pair], cfg: BasisCo
 
     metadata["pair_separation"] scores the basis on the pairs' true differences (see
     `pair_separation`): positive for a basis that separates them, ≈ 0 for a random one.
+    metadata["modules_without_directions"] lists the modules that got k = 0.
     """
     if not pairs:
         raise ValueError("extract_basis: no pairs (check the pair set and the basis' `modes`)")
     t0 = time.perf_counter()
-    needs_clean = bool(cfg.solve_orth_m) or cfg.control == "nonhack"
-    differences, clean = pair_gradients(model, tokenizer, adapter, pairs, style, needs_clean, enable_thinking)
+    grads = pair_gradients(model, tokenizer, adapter, pairs, cfg, style, enable_thinking)
     t1 = time.perf_counter()
-    vectors, singular_values = basis_from_differences(differences, clean, cfg, seed)
+    vectors, singular_values = basis_from_differences(grads.differences, grads.clean, cfg, seed, grads.solve)
     basis = Basis(vectors, singular_values, {
         **asdict(cfg), "seed": seed, "style": style, "n_pairs": len(pairs), "pair_ids": [p.id for p in pairs],
         "gradient_seconds": t1 - t0, "svd_seconds": time.perf_counter() - t1,
+        "modules_without_directions": [name for name, V in vectors.items() if V.shape[0] == 0],
     })
-    basis.metadata["pair_separation"] = pair_separation(basis, differences)
+    if grads.divergence_positions is not None:
+        basis.metadata["divergence_positions"] = grads.divergence_positions
+    basis.metadata["pair_separation"] = pair_separation(basis, grads.differences)
     return basis
 
 

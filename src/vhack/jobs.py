@@ -82,7 +82,7 @@ def make_refresh(pairs_path: str, basis_params: Mapping[str, Any], cfg: TrainCon
 
 def basis_config(basis_params: Mapping[str, Any]):
     from .basis import BasisConfig
-    keys = ("method", "k", "solve_orth_m", "control")
+    keys = ("method", "k", "solve_orth_m", "control", "divergence_tokens")
     return BasisConfig(**{k: basis_params[k] for k in keys if k in basis_params})
 
 

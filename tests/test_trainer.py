@@ -152,3 +152,35 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_qwen3, grader, tmp_pat
     save_checkpoint(tmp_path / "checkpoint", ctx, opt, sched, 0, [{"step": 0}], "other-hash")
     frame = train(make_ctx(tiny_qwen3, grader, steps=2), tmp_path, "h", progress=False)
     assert frame.step.tolist() == [0, 1]
+
+
+def test_advantages_group_by_the_rows_group_index_even_or_uneven():
+    from vhack.grpo import group_advantages
+    from vhack.trainer import Row, advantages
+
+    def rows(rewards_by_group):
+        return [Row(g, [1], [2], r, False, {}, "run_tests") for g, rs in enumerate(rewards_by_group) for r in rs]
+    even = [[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]]
+    adv, zero_var = advantages(rows(even), "dr_grpo")
+    expected, expected_zero = group_advantages(torch.tensor(even), "dr_grpo")
+    assert adv == expected.view(-1).tolist() and zero_var == int(expected_zero.sum()) == 1
+    uneven = [[1.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]   # a teacher-cache gap: fewer rows in group 1
+    adv, zero_var = advantages(rows(uneven), "grpo")
+    assert adv == sum((group_advantages(torch.tensor([g]), "grpo")[0][0].tolist() for g in uneven), [])
+    assert zero_var == 0
+
+
+def test_after_a_refresh_the_applied_change_has_no_hackward_part(tiny_qwen3, grader):
+    ctx = make_ctx(tiny_qwen3, grader, projection="erase", gate="one_sided", project_on="grad", refresh_every=1)
+    seeds = iter(range(1, 10))
+    ctx.refresh = lambda model, tok, adapter: random_basis(adapter, seed=next(seeds))   # a new V every step
+    opt, sched = make_optimizer(ctx.adapter, ctx.cfg)
+    leaks = []
+    for step in range(3):
+        basis, before = ctx.basis, {n: p.clone() for n, p in ctx.adapter.flat_params().items()}
+        m = train_step(ctx, opt, sched, step)
+        delta = {n: p - before[n] for n, p in ctx.adapter.flat_params().items()}
+        assert hackward_fraction(delta, basis, is_gradient=False) < 1e-5     # against the V in force that step
+        assert m["cout_update"] < 1e-5 and not math.isnan(m["basis_overlap"])
+        leaks.append(m["cin_update"])
+    assert max(leaks[1:]) > 1e-3   # Adam's step before cleaning did lean on the refreshed V

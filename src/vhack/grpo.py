@@ -43,7 +43,7 @@ class TrainConfig:
     gate: str = "one_sided"
     overshoot: float = 1.0
     preserve_magnitude: bool = False
-    project_on: str = "grad"
+    project_on: str = "grad"      # "update" also cleans the applied change; implied by refresh_every > 0
     refresh_every: int = 0
     k_use: int | None = None
     drop_bottom_frac: float = 0.0

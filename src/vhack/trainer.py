@@ -58,6 +58,16 @@ class RunContext:
     enable_thinking: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions
+    projection: ProjectionConfig = field(init=False)     # how gradients (and updates) are projected
+    project_update: bool = field(init=False)             # also clean the applied change (see __post_init__)
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.projection = ProjectionConfig(mode="erase" if cfg.projection == "erase" else "none", gate=cfg.gate,
+                                           overshoot=cfg.overshoot, preserve_magnitude=cfg.preserve_magnitude)
+        # A refreshed basis meets Adam moments built against the old one: projecting only g would let them
+        # step along the new V (cin of the update ≈ vanilla's). So a refresh implies projecting the update.
+        self.project_update = cfg.projection == "erase" and (cfg.project_on == "update" or cfg.refresh_every > 0)
 
 
 # ---------------------------------------------------------------- sampling and scoring
@@ -105,48 +115,78 @@ def student_rollouts(ctx: RunContext, problems: Sequence[Problem], step: int):
     return ctx.backend.generate(prompts, ctx.cfg.student_rows, sampling, seed=step_seed(ctx.seed, step, "rollout"))
 
 
-# ---------------------------------------------------------------- one step
+# ---------------------------------------------------------------- one step, phase by phase
 
 @dataclass
-class Rows:
-    """The step's rows in group order: per problem, G_s student rows then G_t teacher rows."""
+class Row:
+    """One row of a GRPO group: a live student completion or a cached teacher one."""
 
-    prompt_ids: list[list[int]] = field(default_factory=list)
-    completion_ids: list[list[int]] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    off_policy: list[bool] = field(default_factory=list)
-    grades: list[dict] = field(default_factory=list)
-    modes: list[str] = field(default_factory=list)
+    group: int                 # index of its problem in the step's draw
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    reward: float
+    off_policy: bool           # a cached teacher row (advantage-weighted imitation)
+    grade: dict
+    mode: str
 
 
-def collect_rows(ctx: RunContext, problems, completions, grades, teachers) -> Rows:
-    tok = ctx.tokenizer
-    rows = Rows()
-    per_problem = ctx.cfg.student_rows
-    for i, p in enumerate(problems):
-        prompt_ids = tok(prompt_text(ctx, p), add_special_tokens=False)["input_ids"]
-        for c, g in zip(completions[i * per_problem:(i + 1) * per_problem], grades[i * per_problem:(i + 1) * per_problem]):
-            rows.prompt_ids.append(prompt_ids)
-            rows.completion_ids.append(list(c.token_ids))
-            rows.rewards.append(g.reward)
-            rows.off_policy.append(False)
-            rows.grades.append(asdict(g))
-            rows.modes.append(ctx.modes[p.id])
-        for t in teachers[i]:
+@dataclass
+class Sampled:
+    problems: list[Problem]
+    completions: list            # vhack.rollout.Completion, G_s per problem; .prompt_index is the group
+    teachers: list[list[dict]]   # per problem, its G_t cached teacher rows
+
+
+def sample(ctx: RunContext, step: int) -> Sampled:
+    """Draw the step's problems; G_s live student rollouts and G_t cached teacher rows per problem."""
+    problems = draw_problems(ctx, step)
+    ctx.model.eval()
+    completions = student_rollouts(ctx, problems, step) if ctx.cfg.student_rows else []
+    return Sampled(problems, completions, teacher_rows(ctx, problems, step))
+
+
+def score(ctx: RunContext, sampled: Sampled) -> list[Row]:
+    """Grade the student completions; all rows in group order (per group: student rows, then teacher rows)."""
+    problems, tok = sampled.problems, ctx.tokenizer
+    grades = ctx.grader.grade_many([(c.text, problems[c.prompt_index], ctx.modes[problems[c.prompt_index].id])
+                                    for c in sampled.completions])
+    prompt_ids = [tok(prompt_text(ctx, p), add_special_tokens=False)["input_ids"] for p in problems]
+    rows = [Row(c.prompt_index, prompt_ids[c.prompt_index], list(c.token_ids), g.reward, False, asdict(g),
+                ctx.modes[problems[c.prompt_index].id]) for c, g in zip(sampled.completions, grades)]
+    for group, (problem, cached) in enumerate(zip(problems, sampled.teachers)):
+        for t in cached:
             ids = tok(t["completion"], add_special_tokens=False)["input_ids"][: ctx.cfg.max_new_tokens - 1]
-            rows.prompt_ids.append(prompt_ids)
-            rows.completion_ids.append(ids + [tok.eos_token_id])
-            rows.rewards.append(float(t["reward"]))
-            rows.off_policy.append(True)
-            rows.grades.append({k: t[k] for k in ("passed", "gt_correct", "exploited", "format_ok")})
-            rows.modes.append(ctx.modes[p.id])
-    return rows
+            rows.append(Row(group, prompt_ids[group], ids + [tok.eos_token_id], float(t["reward"]), True,
+                            {k: t[k] for k in ("passed", "gt_correct", "exploited", "format_ok")},
+                            ctx.modes[problem.id]))
+    return sorted(rows, key=lambda row: row.group)   # stable: student rows stay ahead of teacher rows
 
 
-def advantages_by_group(rows: Rows, n_groups: int, kind: str) -> tuple[list[float], int]:
-    rewards = torch.tensor(rows.rewards, dtype=torch.float32).view(n_groups, -1)   # [groups, G]
-    adv, zero_var = group_advantages(rewards, kind)
-    return adv.view(-1).tolist(), int(zero_var.sum())
+def advantages(rows: Sequence[Row], kind: str) -> tuple[list[float], int]:
+    """Group-relative advantages, group by group (a teacher-cache gap makes groups uneven), and the
+    number of zero-variance groups (their advantages are 0: no signal)."""
+    members: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        members.setdefault(row.group, []).append(i)
+    out, zero_var = [0.0] * len(rows), 0
+    for indices in members.values():
+        rewards = torch.tensor([[rows[i].reward for i in indices]], dtype=torch.float32)   # [1, G]
+        adv, zero = group_advantages(rewards, kind)
+        for i, a in zip(indices, adv[0].tolist()):
+            out[i] = a
+        zero_var += int(zero.sum())
+    return out, zero_var
+
+
+def backward_by_part(ctx: RunContext, optimizer, rows: Sequence[Row], advantage: Sequence[float]
+                     ) -> tuple[dict, dict, dict]:
+    """The loss's gradient, student and teacher parts apart (for cin_s / cin_t): (g_s, g_t, loss stats)."""
+    ctx.model.train()
+    optimizer.zero_grad(set_to_none=True)
+    batch = make_batch([r.prompt_ids for r in rows], [r.completion_ids for r in rows], advantage,
+                       [r.off_policy for r in rows], ctx.tokenizer.pad_token_id)
+    denominator = loss_denominator(ctx.cfg.loss_agg, batch.completion_mask, len(batch), ctx.cfg.max_new_tokens)
+    return split_gradients(ctx, batch, denominator)
 
 
 def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[dict, dict, dict]:
@@ -174,6 +214,47 @@ def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[
     return g_student, g_teacher, stats
 
 
+def project(ctx: RunContext, g_student: dict, g_teacher: dict) -> dict[str, float]:
+    """Measure the hack-ward fractions always, erase them unless vanilla, then clip the gradient."""
+    grads = ctx.adapter.flat_grads()
+    m = {"grad_norm_pre": _norm(grads)}
+    if ctx.basis is not None:
+        m["cin_s"] = hackward_fraction(g_student, ctx.basis)
+        m["cin_t"] = hackward_fraction(g_teacher, ctx.basis) if ctx.cfg.teacher_rows else math.nan
+        stats = project_gradients_(grads, ctx.basis, ctx.projection)
+        m.update(cin=stats.cin, cout=stats.cout, gate_fired_frac=stats.gate_fired_frac)
+    m["grad_norm_post"] = _norm(grads)
+    if ctx.cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(list(ctx.adapter.params.values()), ctx.cfg.max_grad_norm)
+    return m
+
+
+def optimizer_step(ctx: RunContext, optimizer, scheduler) -> dict[str, float]:
+    """AdamW steps; where the run projects the update, the applied change Δ itself is cleaned
+    (Adam rescales and carries momentum, so a projected gradient leaks)."""
+    params = ctx.adapter.flat_params()
+    before = snapshot(params)
+    optimizer.step()
+    scheduler.step()
+    if ctx.basis is None:
+        return {}
+    delta = {n: params[n].detach() - before[n] for n in params}
+    m = {"cin_update": hackward_fraction(delta, ctx.basis, is_gradient=False)}
+    m["cout_update"] = (project_update_(params, before, ctx.basis, ctx.projection).cout if ctx.project_update
+                        else m["cin_update"])
+    return m
+
+
+def refresh_basis(ctx: RunContext, step: int) -> float:
+    """Every `refresh_every` steps, re-extract the basis from the current weights; its overlap with the old one."""
+    if ctx.refresh is None or not ctx.cfg.refresh_every or (step + 1) % ctx.cfg.refresh_every:
+        return math.nan
+    new_basis = ctx.refresh(ctx.model, ctx.tokenizer, ctx.adapter)
+    overlap = basis_overlap(ctx.basis, new_basis)
+    ctx.basis = new_basis
+    return overlap
+
+
 def basis_overlap(old, new) -> float:
     """Mean over modules of ‖V_old V_newᵀ‖_F² / k: 1 = same subspace, ~k/r = unrelated."""
     vals = []
@@ -189,115 +270,62 @@ def rate(values: Sequence[bool]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, Any]:
-    cfg, t0 = ctx.cfg, time.perf_counter()
-    problems = draw_problems(ctx, step)
-
-    # 1. sample: live student rollouts + cached teacher rows
-    ctx.model.eval()
-    completions = student_rollouts(ctx, problems, step) if cfg.student_rows else []
-    t_gen = time.perf_counter()
-    per = cfg.student_rows
-    items = [(c.text, problems[i // per], ctx.modes[problems[i // per].id]) for i, c in enumerate(completions)]
-    grades = ctx.grader.grade_many(items)
-    t_grade = time.perf_counter()
-    teachers = teacher_rows(ctx, problems, step)
-    rows = collect_rows(ctx, problems, completions, grades, teachers)
-
-    # 2. group-relative advantages; groups with no reward variance carry no signal
-    groups_ok = all(len(t) == cfg.teacher_rows for t in teachers)
-    n_groups = len(problems)
-    if groups_ok:
-        advantages, zero_var = advantages_by_group(rows, n_groups, cfg.advantage)
-    else:  # uneven groups (a teacher cache gap): advantages group by group
-        advantages, zero_var, start = [], 0, 0
-        for i in range(n_groups):
-            size = per + len(teachers[i])
-            sub = Rows(rewards=rows.rewards[start:start + size])
-            a, z = advantages_by_group(sub, 1, cfg.advantage)
-            advantages += a
-            zero_var += z
-            start += size
-
-    # 3. loss and backward, student and teacher parts apart (for cin_s / cin_t)
-    ctx.model.train()
-    optimizer.zero_grad(set_to_none=True)
-    batch = make_batch(rows.prompt_ids, rows.completion_ids, advantages, rows.off_policy, ctx.tokenizer.pad_token_id)
-    denominator = loss_denominator(cfg.loss_agg, batch.completion_mask, len(batch), cfg.max_new_tokens)
-    g_student, g_teacher, loss_stats = split_gradients(ctx, batch, denominator)
-    t_backward = time.perf_counter()
-
-    # 4. projection: measure always, erase unless vanilla
-    grads = ctx.adapter.flat_grads()
-    grad_norm_pre = _norm(grads)
-    m: dict[str, Any] = {}
-    if ctx.basis is not None:
-        m["cin_s"] = hackward_fraction(g_student, ctx.basis)
-        m["cin_t"] = hackward_fraction(g_teacher, ctx.basis) if cfg.teacher_rows else math.nan
-        pcfg = ProjectionConfig(mode="erase" if cfg.projection == "erase" else "none", gate=cfg.gate,
-                                overshoot=cfg.overshoot, preserve_magnitude=cfg.preserve_magnitude)
-        stats = project_gradients_(grads, ctx.basis, pcfg)
-        m.update(cin=stats.cin, cout=stats.cout, gate_fired_frac=stats.gate_fired_frac)
-    grad_norm_post = _norm(grads)
-    if cfg.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(list(ctx.adapter.params.values()), cfg.max_grad_norm)
-    t_project = time.perf_counter()
-
-    # 5. optimizer step; `project_on: update` cleans the applied change itself (Adam leaks otherwise)
-    params = ctx.adapter.flat_params()
-    before = snapshot(params)
-    optimizer.step()
-    scheduler.step()
-    if ctx.basis is not None:
-        delta = {n: params[n].detach() - before[n] for n in params}
-        m["cin_update"] = hackward_fraction(delta, ctx.basis, is_gradient=False)
-        if cfg.project_on == "update" and cfg.projection == "erase":
-            m["cout_update"] = project_update_(params, before, ctx.basis, pcfg).cout
-        else:
-            m["cout_update"] = m["cin_update"]
-
-    # 6. basis refresh from the current weights
-    m["basis_overlap"] = math.nan
-    if ctx.refresh is not None and cfg.refresh_every and (step + 1) % cfg.refresh_every == 0:
-        new_basis = ctx.refresh(ctx.model, ctx.tokenizer, ctx.adapter)
-        m["basis_overlap"] = basis_overlap(ctx.basis, new_basis)
-        ctx.basis = new_basis
-    t_end = time.perf_counter()
-    if ctx.backend is not None:
-        ctx.backend.update_weights(ctx.adapter)
-
-    student = [g for g, off in zip(rows.grades, rows.off_policy) if not off]
-    teacher = [g for g, off in zip(rows.grades, rows.off_policy) if off]
+def step_metrics(ctx: RunContext, step: int, sampled: Sampled, rows: Sequence[Row], zero_var: int,
+                 loss_stats: dict, measured: dict, clock: dict[str, float], lr_step: float) -> dict[str, Any]:
+    """The step's row of metrics.parquet (names described in vhack.metrics)."""
+    student = [r.grade for r in rows if not r.off_policy]
+    teacher = [r.grade for r in rows if r.off_policy]
+    completions = sampled.completions
     n_tokens = sum(c.num_tokens for c in completions)
-    metrics = {
+    return {
         "step": step,
-        "reward_mean": sum(rows.rewards) / len(rows.rewards),
-        "pass_rate": rate([g["passed"] for g in rows.grades]),
+        "reward_mean": sum(r.reward for r in rows) / len(rows),
+        "pass_rate": rate([r.grade["passed"] for r in rows]),
         "hack_s": rate([g["exploited"] for g in student]),
         "hack_t": rate([g["exploited"] for g in teacher]),
         "gt_s": rate([g["gt_correct"] for g in student]),
         "gt_t": rate([g["gt_correct"] for g in teacher]),
         "format_rate": rate([g["format_ok"] for g in student]),
-        **{f"hack_s_{mode}": rate([g["exploited"] for g, off, mm in zip(rows.grades, rows.off_policy, rows.modes)
-                                   if not off and mm == mode]) for mode in ctx.all_modes},
+        **{f"hack_s_{mode}": rate([r.grade["exploited"] for r in rows if not r.off_policy and r.mode == mode])
+           for mode in ctx.all_modes},
         "loss": loss_stats["loss"],
-        "kl": loss_stats["kl"] if cfg.beta_kl > 0 else math.nan,
-        "grad_norm_pre": grad_norm_pre,
-        "grad_norm_post": grad_norm_post,
-        **{k: m.get(k, math.nan) for k in ("cin", "cout", "cin_update", "cout_update", "cin_s", "cin_t",
-                                           "gate_fired_frac", "basis_overlap")},
+        "kl": loss_stats["kl"] if ctx.cfg.beta_kl > 0 else math.nan,
+        "grad_norm_pre": measured["grad_norm_pre"],
+        "grad_norm_post": measured["grad_norm_post"],
+        **{k: measured.get(k, math.nan) for k in ("cin", "cout", "cin_update", "cout_update", "cin_s", "cin_t",
+                                                  "gate_fired_frac", "basis_overlap")},
         "zero_var_groups": zero_var,
         "completion_len": n_tokens / len(completions) if completions else math.nan,
-        "tokens_per_s": n_tokens / max(t_gen - t0, 1e-9),
-        "gen_seconds": t_gen - t0,
-        "grade_seconds": t_grade - t_gen,
-        "backward_seconds": t_backward - t_grade,
-        "projection_seconds": t_project - t_backward,
-        "step_seconds": t_end - t0,
+        "tokens_per_s": n_tokens / max(clock["sampled"] - clock["start"], 1e-9),
+        "gen_seconds": clock["sampled"] - clock["start"],
+        "grade_seconds": clock["scored"] - clock["sampled"],
+        "backward_seconds": clock["backward"] - clock["scored"],
+        "projection_seconds": clock["projected"] - clock["backward"],
+        "step_seconds": clock["refreshed"] - clock["start"],
         "peak_mem_mb": peak_memory_mb(),
-        "lr_step": scheduler.get_last_lr()[0],   # the scheduled rate this step (setting `lr` is its peak)
+        "lr_step": lr_step,   # the scheduled rate this step (setting `lr` is its peak)
     }
-    return metrics
+
+
+def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, Any]:
+    """One GRPO step, read top to bottom."""
+    clock = {"start": time.perf_counter()}
+    sampled = sample(ctx, step)
+    clock["sampled"] = time.perf_counter()
+    rows = score(ctx, sampled)
+    clock["scored"] = time.perf_counter()
+    advantage, zero_var = advantages(rows, ctx.cfg.advantage)
+    g_student, g_teacher, loss_stats = backward_by_part(ctx, optimizer, rows, advantage)
+    clock["backward"] = time.perf_counter()
+    measured = project(ctx, g_student, g_teacher)
+    clock["projected"] = time.perf_counter()
+    measured.update(optimizer_step(ctx, optimizer, scheduler))
+    measured["basis_overlap"] = refresh_basis(ctx, step)
+    clock["refreshed"] = time.perf_counter()
+    if ctx.backend is not None:
+        ctx.backend.update_weights(ctx.adapter)
+    return step_metrics(ctx, step, sampled, rows, zero_var, loss_stats, measured, clock,
+                        scheduler.get_last_lr()[0])
 
 
 def _norm(tensors: dict[str, torch.Tensor]) -> float:

@@ -164,3 +164,15 @@ def test_setting_named_like_a_metric_fails(run_copies):
     path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"setting\(s\) \['loss'\] have the same name as a metrics.parquet column"):
         aggregate_runs(run_copies)
+
+
+def test_basis_control_comes_from_the_runs_basis_params(tmp_path):
+    runs, _ = expand_questions(load_fixture())
+    names = sorted(runs)[:3]
+    dirs = [write_run(tmp_path, runs[n], 0.5, 0.3) for n in names]
+    for run_dir, params in zip(dirs, [{"basis": {"name": "21pairs_random", "control": "random"}},
+                                      {"basis": {"name": "21pairs"}}, {}]):
+        meta = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**meta, "params": params}))
+    _, frame = aggregate_runs(dirs)
+    assert list(frame["basis_control"]) == ["random", "none", ""]

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -148,9 +150,11 @@ def test_pair_separation_is_positive_for_the_real_basis_and_near_zero_for_random
     assert abs(pair_separation(random, D)) < 0.05
 
 
-def test_null_cin_level():
-    basis = Basis({"a": torch.zeros(2, 8), "b": torch.zeros(2, 32)}, {"a": torch.ones(2), "b": torch.ones(2)}, {})
-    assert null_cin_level(basis, {"a": 8, "b": 32}) == pytest.approx((0.5 + 0.25) / 2)
+def test_null_cin_level_counts_only_modules_with_directions():
+    basis = Basis({"a": torch.zeros(2, 8), "b": torch.zeros(2, 32), "lora_A": torch.zeros(0, 16)},
+                  {"a": torch.ones(2), "b": torch.ones(2), "lora_A": torch.ones(0)}, {})
+    assert null_cin_level(basis, {"a": 8, "b": 32, "lora_A": 16}) == pytest.approx((0.5 + 0.25) / 2)
+    assert math.isnan(null_cin_level(Basis({"a": torch.zeros(0, 8)}, {"a": torch.ones(0)}, {}), {"a": 8}))
 
 
 def saved_basis(tmp_path) -> tuple:
@@ -178,6 +182,7 @@ def test_safetensors_round_trip(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"model_hash": "beef" * 16}, "weight hash f00df00d"),
+    ({"adapter_init": {"adapter_b_init_std": 0.01}}, "adapter_b_init_std=0.0, but the run's adapter has 0.01"),
     ({"adapter_kind": "lora"}, "adapter kind 'svd_delta'"),
     ({"module_sizes": {"layers.0.q_proj": 16}}, r"not in the adapter \['layers.0.up_proj'\]"),
     ({"module_sizes": {"layers.0.q_proj": 16, "layers.0.up_proj": 24, "x": 4}}, r"missing from the basis \['x'\]"),
@@ -334,3 +339,42 @@ def test_divergence_basis_works_with_every_option_and_control(tiny_qwen3, contro
     assert all(basis.vectors[n].shape[0] == 2 for n in b_modules)
     assert sorted(basis.metadata["modules_without_directions"]) == sorted(set(adapter.module_names) - set(b_modules))
     assert select_directions(basis, k_use=1, drop_bottom_frac=0.5).k_total() <= len(b_modules)
+
+
+def test_a_shared_nonzero_lora_b_init_gives_lora_a_directions(tiny_qwen3):
+    from vhack.adapters import AdapterConfig, attach_adapter
+    from vhack.basis import extract_basis
+    from vhack.models import ModelSpec, load_model
+
+    def student():
+        model, tokenizer = load_model(ModelSpec(str(tiny_qwen3)))
+        return model, tokenizer, attach_adapter(model, AdapterConfig(kind="lora", lora_b_init_std=0.02, init_seed=3))
+    model, tokenizer, adapter = student()
+    _, _, run_adapter = student()                                   # a run attaches the same start
+    assert all(torch.equal(p, run_adapter.params[n]) for n, p in adapter.params.items())
+    b = [p for n, p in adapter.params.items() if n.endswith("lora_B")]
+    assert all(p.abs().sum() > 0 for p in b) and 0.015 < torch.cat([p.flatten() for p in b]).std() < 0.025
+    basis = extract_basis(model, tokenizer, adapter, tiny_pairs(), BasisConfig(method="divergence", k=1),
+                          style="toy")
+    assert basis.metadata["modules_without_directions"] == []
+    assert all(V.shape[0] == 1 for V in basis.vectors.values())
+
+
+def test_refresh_re_extracts_a_divergence_basis_with_the_same_settings(tiny_qwen3):
+    from pathlib import Path
+    from vhack.grpo import TrainConfig
+    from vhack.jobs import basis_config, make_refresh
+    params = {"method": "divergence", "k": 1, "divergence_tokens": 2, "control": "random",
+              "modes": ["run_tests", "sentinel"]}
+    assert basis_config(params) == BasisConfig(method="divergence", k=1, divergence_tokens=2, control="random")
+    cfg = TrainConfig.from_settings(dict(student="s", adapter="lora", problem_set="toy", teacher=None,
+                                         train_modes=["run_tests"], steps=2, prompts_per_step=2, group_size=2,
+                                         mix=0.0, lr=0.01, refresh_every=1, k_use=1))
+    pairs = Path(__file__).parents[1] / "config" / "pairs" / "toy_21.yaml"
+    refresh = make_refresh(str(pairs), params, cfg, style="toy", seed=3)
+    model, tokenizer, adapter = tiny_student(tiny_qwen3, "svd_delta")
+    basis = refresh(model, tokenizer, adapter)
+    assert basis.metadata["method"] == "divergence" and basis.metadata["divergence_tokens"] == 2
+    assert basis.metadata["control"] == "random" and basis.metadata["k_use"] == 1
+    assert len(basis.metadata["divergence_positions"]) == basis.metadata["n_pairs"] < 21   # modes filtered
+    assert all(V.shape[0] == 1 for V in basis.vectors.values())

@@ -128,3 +128,12 @@ def test_update_projection_leaves_no_hackward_change_after_adam():
         assert hackward_fraction(applied, basis, is_gradient=False) == pytest.approx(0.0, abs=1e-6)
         assert stats.cout == pytest.approx(0.0, abs=1e-6)
     assert max(leaks) > 0.01, leaks  # Adam's per-coordinate scaling lets hack-ward motion back in
+
+
+def test_gate_fired_frac_counts_only_modules_with_directions():
+    basis = hand_basis()
+    basis.vectors["c"], basis.singular_values["c"] = torch.zeros(0, 2), torch.zeros(0)   # e.g. LoRA A at B = 0
+    grads = {**grads_for([2.0, -3.0, 5.0], [4.0, -1.0]), "c": torch.tensor([1.0, 1.0])}
+    stats = project_gradients_(grads, basis, ProjectionConfig())
+    assert stats.gate_fired_frac == pytest.approx(0.5)     # a fired, b did not; c has nothing to fire
+    assert stats.n_modules == 3

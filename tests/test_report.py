@@ -91,3 +91,22 @@ def test_report_from_parquet_round_trip(tmp_path):
     q2 = _section((tmp_path / "reports" / "results.md").read_text(), "q2")
     assert "hack fell 13.1pp (0.719 → 0.588" in q2
     assert "the latest finished at 2026-05-20" in (tmp_path / "reports" / "results.md").read_text()
+
+
+def test_cin_null_comes_from_the_random_v_row_where_one_ran():
+    from vhack.report import measured_cin_null
+    runs = pd.DataFrame({"basis_control": ["none", "random", "random"], "null_cin": [0.03] * 3},
+                        index=["real", "r1", "r2"])
+    steps = pd.DataFrame({"run": ["real", "real", "r1", "r1", "r2", "r2"], "step": [0, 1] * 3,
+                          "cin": [0.3, 0.2, 0.04, 0.06, 0.05, 0.05]})
+    label, level = measured_cin_null(steps, runs, [("v_hack", ["real"]), ("random V", ["r1", "r2"])])
+    assert label == "random V" and level == pytest.approx(0.05)
+    assert measured_cin_null(steps, runs, [("v_hack", ["real"]), ("random V", [])]) is None   # not run: analytic
+
+
+def test_report_says_what_each_control_rules_out(report):
+    from vhack.report import CONTROL_MEANINGS
+    text = report[2]
+    assert set(CONTROL_MEANINGS) == {"random", "shuffled", "nonhack", "no_teacher"}
+    for line in CONTROL_MEANINGS.values():
+        assert f"- {line}\n" in text and "rules out" in line

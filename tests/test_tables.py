@@ -164,3 +164,25 @@ def test_runs_table_orders_groups_by_first_start(tmp_path):
     _, frame = aggregate_runs(dirs)
     text = runs_table(frame)
     assert text.index("### projected · projection=erase") < text.index("### vanilla · projection=none")
+
+
+@pytest.mark.parametrize("group_size, flagged", [(4, {"vanilla mix=0.125": "vanilla mix=0.25"}), (8, {})])
+def test_rows_of_the_same_effective_training_are_flagged(tmp_path, group_size, flagged):
+    from vhack.report import answer
+    config = load_fixture()
+    config["train"]["group_size"] = group_size   # G=4: mix 0.25 and 0.125 both give G_t = 1 teacher row
+    runs, questions = expand_questions(config)
+    q1 = questions["q1"]
+    dirs = [write_run(tmp_path, runs[name], 0.6 + 0.01 * i, 0.3) for i, row in enumerate(q1.rows)
+            for name in row.runs[:2]]
+    table = question_table(aggregate_runs(dirs)[1], q1)
+    assert table.same_training == flagged
+    assert table.frame["same_as"].fillna("").tolist() == ["", "", flagged.get("vanilla mix=0.125", "")]
+    text = answer(table)
+    if flagged:
+        assert "| vanilla mix=0.125 ≡ vanilla mix=0.25 |" in table.table
+        assert ("Same training (≡): 'vanilla mix=0.125' resolves to the same settings as 'vanilla mix=0.25' "
+                "(mix 0.125 vs 0.25; both G_t = 1 teacher rows per group): one finding, not two.") in table.notes
+        assert "vanilla mix=0.125 vs" not in text and "vanilla mix=0.125 is the same training" in text
+    else:
+        assert "≡" not in table.markdown and "vanilla mix=0.125 vs vanilla mix=0.5" in text

@@ -36,6 +36,10 @@ class AdapterConfig:
     lora_dropout: float = 0.0
     svd_cache_dir: str | None = None  # U, Vᵀ per weight, keyed by a hash of the weight
     init_seed: int = 0  # LoRA's random A is part of the space a basis lives in: same seed for basis and runs
+    # > 0: LoRA's B starts at N(0, std²) (drawn from init_seed) instead of 0, so lora_A has a gradient at
+    # extraction and gets directions; the start is then off the base model by (α/r)·B A (the KL reference
+    # stays the base). Basis and runs share it like A's init.
+    lora_b_init_std: float = 0.0
 
 
 class Adapter:
@@ -193,7 +197,8 @@ class SVDDeltaAdapter(Adapter):
 
 
 class LoRAAdapter(Adapter):
-    """peft LoRA (B = 0 at init); every lora_A and lora_B weight is its own module of the flat space."""
+    """peft LoRA (B = 0 at init, or N(0, lora_b_init_std²)); every lora_A and lora_B weight is its own
+    module of the flat space."""
 
     kind = "lora"
 
@@ -210,7 +215,11 @@ class LoRAAdapter(Adapter):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config.init_seed)   # the basis job and every run must share A's init
             self.peft_model = get_peft_model(model, lora_config)  # injects into `model` in place, freezes the base
-        self.lora_layers = lora_layers(model)
+            self.lora_layers = lora_layers(model)
+            if config.lora_b_init_std > 0:
+                with torch.no_grad():
+                    for layer in self.lora_layers.values():
+                        layer.lora_B["default"].weight.normal_(0.0, config.lora_b_init_std)
         params = {}
         for name, layer in self.lora_layers.items():
             params[f"{name}.lora_A"] = layer.lora_A["default"].weight  # [rank, in]
@@ -245,7 +254,7 @@ ADAPTER_KINDS: dict[str, type[Adapter]] = {"svd_delta": SVDDeltaAdapter, "lora":
 
 
 def attach_adapter(model: nn.Module, config: AdapterConfig) -> Adapter:
-    """Freeze `model` and attach a fresh adapter at the identity (δS = 0, or LoRA B = 0)."""
+    """Freeze `model` and attach a fresh adapter (δS = 0; LoRA B = 0 unless `lora_b_init_std`)."""
     if config.kind not in ADAPTER_KINDS:
         raise ValueError(f"AdapterConfig.kind={config.kind!r}; choose one of {sorted(ADAPTER_KINDS)}")
     return ADAPTER_KINDS[config.kind](model, config)

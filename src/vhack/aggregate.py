@@ -35,7 +35,7 @@ from vhack.metrics import LAST_N, REQUIRED_STEP_COLUMNS, summarize_steps
 
 RUN_JSON, METRICS_FILE, EVAL_FILE = "run.json", "metrics.parquet", "eval.parquet"
 IDENTITY = ("run", "arm", "seed", "tags")
-RUN_COLUMNS = IDENTITY + ("status", "n_steps", "null_cin", "invocation", "snakemake", "started_at",
+RUN_COLUMNS = IDENTITY + ("status", "n_steps", "null_cin", "basis_control", "invocation", "snakemake", "started_at",
                           "finished_at", "wall_seconds", "git_commit", "git_dirty", "host", "device",
                           "versions", "run_dir")
 SUMMARY_SUFFIXES = (f"_last{LAST_N}", "_whole")
@@ -152,6 +152,7 @@ def _run_info(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "tags": ",".join(sorted(set(meta.get("tags") or []) | set(settings_tags))),
         "status": meta.get("status", "complete"),
         "null_cin": float(meta["null_cin"]) if meta.get("null_cin") is not None else np.nan,
+        "basis_control": _basis_control(meta),
         "invocation": shlex.join(invocation["argv"]) if invocation.get("argv") else "",
         "snakemake": invocation.get("snakemake", ""),
         "started_at": started,
@@ -164,6 +165,12 @@ def _run_info(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "versions": json.dumps(meta.get("versions") or {}, sort_keys=True),
         "run_dir": str(run_dir),
     }
+
+
+def _basis_control(meta: dict[str, Any]) -> str:
+    """The run's basis control (none, random, shuffled, nonhack); "" for a run without a basis."""
+    basis = (meta.get("params") or {}).get("basis")
+    return basis.get("control", "none") if basis else ""
 
 
 def _timestamp(run_dir: Path, meta: dict[str, Any], key: str) -> pd.Timestamp | None:

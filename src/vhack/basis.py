@@ -27,6 +27,7 @@ controls `random`, `shuffled`, `nonhack` (see `basis_from_differences`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -372,9 +373,10 @@ def select_directions(basis: Basis, k_use: int | None = None, drop_bottom_frac: 
 # ---------------------------------------------------------------- report figures
 
 def null_cin_level(basis: Basis, sizes: dict[str, int]) -> float:
-    """cin expected of random directions: mean over modules of sqrt(k_m / r_m)."""
-    levels = [(basis.vectors[name].shape[0] / r) ** 0.5 for name, r in sizes.items()]
-    return sum(levels) / len(levels)
+    """cin expected of random directions: mean of sqrt(k_m / r_m) over the modules with directions
+    (k_m > 0; LoRA A at B = 0 has none and is never projected). NaN if no module has any."""
+    levels = [(basis.vectors[name].shape[0] / r) ** 0.5 for name, r in sizes.items() if basis.vectors[name].shape[0]]
+    return sum(levels) / len(levels) if levels else math.nan
 
 
 def pair_separation(basis: Basis, D: dict[str, Tensor]) -> float:
@@ -425,9 +427,14 @@ def _read(path: Path) -> Basis:
 
 
 def _check_matches(basis: Basis, path: Path, model_hash: str | None, adapter_kind: str | None,
-                   module_sizes: dict[str, int] | None) -> None:
+                   module_sizes: dict[str, int] | None, adapter_init: dict | None = None) -> None:
     meta = basis.metadata
     fix = "re-extract it (snakemake --forcerun extract_basis) or point the run at the matching basis"
+    defaults = {"adapter_init_seed": 0, "adapter_b_init_std": 0.0}   # files from before these keys
+    for key, value in (adapter_init or {}).items():
+        if meta.get(key, defaults.get(key)) != value:
+            raise BasisError(f"{path}: built with {key}={meta.get(key, defaults.get(key))!r}, but the run's adapter "
+                             f"has {value!r} (the adapter's start is part of the basis' space); {fix}")
     if model_hash is not None and meta.get("model_hash") != model_hash:
         raise BasisError(f"{path}: extracted from model {meta.get('model_id')!r} with weight hash "
                          f"{str(meta.get('model_hash'))[:16]}, but the model in use has {model_hash[:16]}; {fix}")
@@ -448,9 +455,9 @@ def _check_matches(basis: Basis, path: Path, model_hash: str | None, adapter_kin
 
 def load_basis(path: str | Path, *, model_hash: str | None = None, adapter_kind: str | None = None,
                module_sizes: dict[str, int] | None = None, k_use: int | None = None,
-               drop_bottom_frac: float | None = None) -> Basis:
+               drop_bottom_frac: float | None = None, adapter_init: dict | None = None) -> Basis:
     """Read a basis, check it fits the model/adapter it is applied to, then `select_directions`."""
     path = Path(path)
     basis = _read(path)
-    _check_matches(basis, path, model_hash, adapter_kind, module_sizes)
+    _check_matches(basis, path, model_hash, adapter_kind, module_sizes, adapter_init)
     return select_directions(basis, k_use, drop_bottom_frac)

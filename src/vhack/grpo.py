@@ -67,15 +67,21 @@ class TrainConfig:
 
     @property
     def teacher_rows(self) -> int:
-        """G_t = round(G·mix) cached teacher rows per group (halves round up); the rest are live student rows.
-
-        Python's round() rounds halves to even: with G=4, mix 0.125 would give 0 teacher rows, i.e. mix 0.
-        """
-        return math.floor(self.group_size * self.mix + 0.5) if self.teacher else 0
+        """G_t cached teacher rows per group (`teacher_rows_per_group`); the rest are live student rows."""
+        return teacher_rows_per_group(self.group_size, self.mix, self.teacher)
 
     @property
     def student_rows(self) -> int:
         return self.group_size - self.teacher_rows
+
+
+def teacher_rows_per_group(group_size: int, mix: float, teacher: str | None) -> int:
+    """G_t = round(G·mix) cached teacher rows per group (halves round up); 0 without a teacher.
+
+    Python's round() rounds halves to even: with G=4, mix 0.125 would give 0 teacher rows, i.e. mix 0.
+    Two mixes with the same G_t are the same training (G=4: mix 0.25 and 0.125 both give 1).
+    """
+    return math.floor(group_size * mix + 0.5) if teacher else 0
 
 
 def group_advantages(rewards: Tensor, kind: str = "dr_grpo", eps: float = 1e-4) -> tuple[Tensor, Tensor]:

@@ -40,6 +40,8 @@ def adapter_config(cfg: Mapping[str, Any], cache_dir: str = "results/cache/svd")
         kw["lora_alpha"] = cfg["alpha"]
     if "init_seed" in cfg:
         kw["init_seed"] = cfg["init_seed"]
+    if "b_init_std" in cfg:
+        kw["lora_b_init_std"] = cfg["b_init_std"]
     return AdapterConfig(**kw)
 
 
@@ -62,7 +64,15 @@ def load_run_basis(path: str, params: Mapping[str, Any], model, adapter, cfg: Tr
     from .basis import load_basis
     from .models import weight_hash
     return load_basis(path, model_hash=weight_hash(model), adapter_kind=adapter.kind,
-                      module_sizes=adapter.module_sizes(), k_use=cfg.k_use, drop_bottom_frac=cfg.drop_bottom_frac)
+                      module_sizes=adapter.module_sizes(), k_use=cfg.k_use, drop_bottom_frac=cfg.drop_bottom_frac,
+                      adapter_init=adapter_init(adapter))
+
+
+def adapter_init(adapter) -> dict | None:
+    """The adapter's starting point a LoRA basis depends on (A's seed, B's init); None for svd_delta (δS = 0)."""
+    if adapter.kind != "lora":
+        return None
+    return {"adapter_init_seed": adapter.config.init_seed, "adapter_b_init_std": adapter.config.lora_b_init_std}
 
 
 def make_refresh(pairs_path: str, basis_params: Mapping[str, Any], cfg: TrainConfig, style: str, seed: int,
@@ -184,7 +194,7 @@ def run_basis_extraction(name: str, basis_params: Mapping[str, Any], model: Mapp
     basis.metadata.update({
         "name": name, "pair_set": pair_set, "pair_set_hash": pair_file.content_hash, "n_pairs": len(pairs),
         "model": model["path"], "model_hash": weight_hash(net), "adapter_kind": adapter_obj.kind,
-        "adapter_init_seed": adapter_obj.config.init_seed,
+        "adapter_init_seed": adapter_obj.config.init_seed, "adapter_b_init_std": adapter_obj.config.lora_b_init_std,
         "targets": list(adapter_obj.config.targets), "seed": seed, "extract_seconds": seconds,
         "modes": sorted({p.mode for p in pairs}),
     })

@@ -51,7 +51,7 @@ class ProjectionConfig:
 class ProjectionStats:
     cin: float              # ‖relu(V u)‖ / ‖u‖ over all modules, before
     cout: float             # the same after projection (0 under one_sided: an identity)
-    gate_fired_frac: float  # fraction of modules with at least one c_i > 0
+    gate_fired_frac: float  # fraction of the modules with directions (k_m > 0) with at least one c_i > 0
     norm_before: float      # ‖u‖ over all modules
     norm_after: float
     n_modules: int
@@ -61,6 +61,7 @@ class ProjectionStats:
 class _Group:
     names: tuple[str, ...]
     vectors: Tensor          # [m, k_max, r]; zero rows pad modules with fewer directions
+    with_directions: int     # how many of the m modules have k > 0
 
 
 def _groups(basis: Basis, names: tuple[str, ...], device: torch.device) -> list[_Group]:
@@ -80,7 +81,8 @@ def _groups(basis: Basis, names: tuple[str, ...], device: torch.device) -> list[
             stacked = torch.zeros(len(members), k_max, width, dtype=torch.float32)
             for i, name in enumerate(members):
                 stacked[i, : basis.vectors[name].shape[0]] = basis.vectors[name]
-            groups.append(_Group(tuple(members), stacked.to(device)))
+            with_directions = sum(basis.vectors[n].shape[0] > 0 for n in members)
+            groups.append(_Group(tuple(members), stacked.to(device), with_directions))
         basis.grouped_cache[key] = groups
     return basis.grouped_cache[key]
 
@@ -120,8 +122,9 @@ class _Tally:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(5, device=device)  # hackward², norm², hackward'², norm'², fired
         self.n_modules = 0
+        self.n_with_directions = 0
 
-    def add(self, u: Tensor, c: Tensor, projected: Tensor, c_after: Tensor) -> None:
+    def add(self, u: Tensor, c: Tensor, projected: Tensor, c_after: Tensor, with_directions: int) -> None:
         hackward, hackward_after = c.clamp_min(0), c_after.clamp_min(0)  # relu before aggregating
         self.sums += torch.stack([
             hackward.square().sum(), u.square().sum(),
@@ -129,13 +132,14 @@ class _Tally:
             (hackward > 0).any(dim=1).sum().float(),
         ])
         self.n_modules += u.shape[0]
+        self.n_with_directions += with_directions
 
     def stats(self) -> ProjectionStats:
         hw, norm, hw_after, norm_after, fired = self.sums.tolist()
         return ProjectionStats(
             cin=(hw / norm) ** 0.5 if norm > 0 else 0.0,
             cout=(hw_after / norm_after) ** 0.5 if norm_after > 0 else 0.0,
-            gate_fired_frac=fired / max(self.n_modules, 1),
+            gate_fired_frac=fired / max(self.n_with_directions, 1),
             norm_before=norm ** 0.5, norm_after=norm_after ** 0.5, n_modules=self.n_modules,
         )
 
@@ -155,10 +159,10 @@ def _project_(targets: dict[str, Tensor], origin: dict[str, Tensor] | None, sign
         u = sign * (current if base is None else current - base)
         c = _coefficients(group.vectors, u)
         if cfg.mode == "none":
-            tally.add(u, c, u, c)
+            tally.add(u, c, u, c, group.with_directions)
             continue
         projected, c_after = _project_group(u, c, group.vectors, cfg)
-        tally.add(u, c, projected, c_after)
+        tally.add(u, c, projected, c_after, group.with_directions)
         written = sign * projected if base is None else base + sign * projected
         torch._foreach_copy_([targets[n] for n in group.names], list(written.unbind(0)))
     return tally.stats()

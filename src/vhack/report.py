@@ -3,9 +3,9 @@
 `write_report` writes {out_dir}/results.md and, per question,
 {out_dir}/figures/{qid}_curves.png (hack and solve over steps), {qid}_tradeoff.png
 (last-5 hack vs solve of every row, arrows from each row's reference) and
-{qid}_cin.png (hack-ward gradient fraction over steps against the
-random-direction null level). `report_files` names them up front for a rule's
-outputs. The answer under each table is generated from the numbers: what
+{qid}_cin.png (hack-ward gradient fraction over steps against a null:
+measured in the question's random-V row where it has one, else sqrt(k/r)).
+`report_files` names them up front for a rule's outputs. The answer under each table is generated from the numbers: what
 moved, by how much, at what solve cost, on how many seeds, and whether the
 difference is significant; it claims nothing else.
 """
@@ -32,6 +32,18 @@ FIGURES_DIR = "figures"
 FIGURE_KINDS = ("curves", "tradeoff", "cin")
 ALPHA = 0.05
 TEST_NAMES = {"paired": "paired t-test", "welch": "Welch's t-test"}
+CONTROL_MEANINGS = {
+    "random": "**random V** (random orthonormal directions, the real basis' k per module): rules out that "
+              "removing any k directions per module (a smaller step) is what lowers hacking.",
+    "shuffled": "**shuffled** (hack/clean labels shuffled across the pairs, sides re-paired across problems): "
+                "rules out that the completions alone, without knowing which side hacks, give the effect; where "
+                "each row still contrasts a hack token with a clean one (divergence basis) its span stays close "
+                "to the real one and its orientation is random, so it speaks mainly under one_sided.",
+    "nonhack": "**clean-vs-clean** (each hack replaced by another problem's correct solution): rules out "
+               "a basis of generic differences between solutions (code likelihood, problem identity).",
+    "no_teacher": "**no teacher** (mix 0, question q15): rules out that projection only blocks imitating the "
+                  "cached teacher's hacks rather than the student's own.",
+}
 
 
 def _as_list(questions: Mapping[str, Question] | Iterable[Question]) -> list[Question]:
@@ -80,7 +92,10 @@ def header(runs_df: pd.DataFrame, runs: pd.DataFrame) -> str:
         "Figures: curves show the mean across seeds with a band from the lowest to the highest seed; the "
         "trade-off plot shows each row's last-5 hack against solve (± standard error), with an arrow from "
         "its reference row; the cin plot shows the hack-ward fraction of the gradient before projection "
-        "against the random-direction null level sqrt(k/r).", "", "",
+        "against a null: the cin measured in the question's random-V row where it has one, else the "
+        "analytic random-direction level sqrt(k/r) (its legend says which).", "",
+        "Controls, and what each rules out:", "",
+        *[f"- {line}" for line in CONTROL_MEANINGS.values()], "", "",
     ])
 
 
@@ -105,7 +120,7 @@ def answer(table: QuestionTable) -> str:
     """Sentences that state what the table's numbers show, and nothing more."""
     frame = table.frame.set_index("label")
     compared = [r for r in frame.itertuples() if isinstance(r.reference, str) and r.n > 0
-                and frame.at[r.reference, "n"] > 0]
+                and frame.at[r.reference, "n"] > 0 and r.Index not in table.same_training]
     if not compared:
         return ("No finished runs yet." if frame["n"].sum() == 0 else
                 "No row can be compared with its reference yet (see Not finished).")
@@ -119,6 +134,8 @@ def answer(table: QuestionTable) -> str:
     tests = sum(not math.isnan(getattr(r, f"p_{m}")) for r in compared for m in table.metrics)
     if tests > 1:
         sentences.append(f"p-values are per comparison, not corrected for the {tests} tests in this table.")
+    for label, other in table.same_training.items():
+        sentences.append(f"{label} is the same training as {other} (≡), counted once.")
     if table.confounds:
         short = [c.split(" (")[0] for c in table.confounds]
         sentences.append(f"Caveat: the comparison is confounded ({'; '.join(short)}; see Confounds).")
@@ -232,15 +249,33 @@ def plot_tradeoff(table: QuestionTable, path: Path) -> None:
     _save(fig, path)
 
 
+def measured_cin_null(steps: pd.DataFrame, runs: pd.DataFrame, rows: RowRuns) -> tuple[str, float] | None:
+    """(row label, mean cin over its runs' steps) of the first row whose runs all used a random-V basis."""
+    if "basis_control" not in runs or "cin" not in steps:
+        return None
+    for label, names in rows:
+        if names and (runs.loc[names, "basis_control"] == "random").all():
+            level = steps.loc[steps["run"].isin(names), "cin"].mean()
+            if not math.isnan(level):
+                return label, float(level)
+    return None
+
+
 def plot_cin(table: QuestionTable, steps: pd.DataFrame, runs: pd.DataFrame, rows: RowRuns, path: Path) -> None:
-    """cin per row over steps, with the random-direction null level sqrt(k/r) of its runs."""
+    """cin per row over steps, against the null: the cin measured in a random-V row (`measured_cin_null`)
+    where the question has one, else the analytic level sqrt(k/r) of the rows' runs."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     drawn = _draw_bands(ax, steps, rows, "cin")
+    measured = measured_cin_null(steps, runs, rows)
     nulls = {label: runs.loc[names, "null_cin"].mean() for label, names in rows if names and "null_cin" in runs}
     levels = [v for v in nulls.values() if not math.isnan(v)]
-    if levels and np.ptp(levels) < 1e-9:
-        ax.axhline(levels[0], color="black", ls="--", lw=1, label=f"random-direction null {levels[0]:.3f}")
+    if measured is not None:
+        label, level = measured
+        ax.axhline(level, color="black", ls="--", lw=1, label=f"null: cin measured under random V ({label}) "
+                                                              f"{level:.3f}")
+    elif levels and np.ptp(levels) < 1e-9:
+        ax.axhline(levels[0], color="black", ls="--", lw=1, label=f"null sqrt(k/r), analytic {levels[0]:.3f}")
     else:  # rows with different k or r have different null levels
         for i, (label, _) in enumerate(rows):
             if not math.isnan(nulls.get(label, math.nan)):

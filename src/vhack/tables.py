@@ -19,6 +19,10 @@ Confounds, computed from the runs' resolved settings:
   per-row `basis` override in a question that varies `mix`), a setting that
   differs between the seeds of one row (stale runs), and a compared pair of
   rows whose finished seed sets differ.
+
+Same training: rows whose runs resolve to the same effective settings (`mix`
+read as the G_t teacher rows per group it gives) are flagged (≡ in the table,
+a note) and count as one finding in the answer.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import pandas as pd
 
 from vhack.aggregate import setting_columns
 from vhack.experiments import Question, QuestionRow
+from vhack.grpo import teacher_rows_per_group
 from vhack.metrics import LAST_N, compare_seeds, describe, mean_se, short_name
 
 EXCLUDE_TAGS = ("smoke", "probe")
@@ -47,6 +52,7 @@ class QuestionTable:
     by_design: tuple[str, ...]        # settings that differ between rows on purpose
     confounds: tuple[str, ...]        # human-readable confound descriptions
     missing: tuple[str, ...]          # rows with unfinished seeds, e.g. "no_gate: seeds 42, 43, 44 not finished"
+    same_training: dict[str, str]     # row label -> the earlier row whose runs are the same training
     table: str                        # the Markdown table alone
     legend: str
     notes: str                        # by design / confounds / not finished
@@ -211,6 +217,56 @@ def _seeds(seeds: Sequence[int]) -> str:
     return "{" + ", ".join(map(str, seeds)) + "}"
 
 
+def effective_training(settings: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A run's settings as the trainer resolves them: `mix` becomes G_t teacher rows per group
+    (and the teacher drops out where G_t = 0), so mixes that round to the same G_t compare equal."""
+    spelled = {k: format_setting(v) for k, v in settings.items()}
+    if spelled.get("group_size", "none") != "none" and spelled.get("mix", "none") != "none":
+        teacher = None if spelled.get("teacher", "none") == "none" else spelled["teacher"]
+        g_t = teacher_rows_per_group(int(float(settings["group_size"])), float(settings["mix"]), teacher)
+        del spelled["mix"]
+        spelled["teacher_rows"] = str(g_t)
+        if g_t == 0:
+            spelled.pop("teacher", None)
+    return tuple(sorted(spelled.items()))
+
+
+def _first_settings(row: QuestionRow, runs: pd.DataFrame, keys: Sequence[str]) -> dict[str, Any] | None:
+    finished = [r for r in row.runs if r in runs.index]
+    return {k: runs.at[finished[0], k] for k in keys} if finished else None
+
+
+def same_training_rows(question: Question, runs: pd.DataFrame) -> dict[str, str]:
+    """Row label -> label of an earlier row whose finished runs have the same `effective_training`."""
+    keys = setting_columns(runs.reset_index())
+    first: dict[tuple, str] = {}
+    same: dict[str, str] = {}
+    for row in question.rows:
+        settings = _first_settings(row, runs, keys)
+        if settings is None:
+            continue
+        key = effective_training(settings)
+        if key in first:
+            same[row.label] = first[key]
+        else:
+            first[key] = row.label
+    return same
+
+
+def same_training_notes(question: Question, runs: pd.DataFrame, same: dict[str, str]) -> tuple[str, ...]:
+    """Per flagged row: which nominal settings differ and what they resolve to."""
+    keys = setting_columns(runs.reset_index())
+    notes = []
+    for label, other in same.items():
+        mine, theirs = (_first_settings(_row(question, lab), runs, keys) for lab in (label, other))
+        differ = [f"{k} {format_setting(mine[k])} vs {format_setting(theirs[k])}" for k in keys
+                  if format_setting(mine[k]) != format_setting(theirs[k])]
+        resolved = dict(effective_training(mine)).get("teacher_rows")
+        notes.append(f"{label!r} resolves to the same settings as {other!r} ({', '.join(differ) or 'no difference'}"
+                     f"{f'; both G_t = {resolved} teacher rows per group' if resolved else ''}): one finding, not two")
+    return tuple(notes)
+
+
 def missing_runs(question: Question, runs: pd.DataFrame) -> tuple[str, ...]:
     out = []
     for row in question.rows:
@@ -234,13 +290,15 @@ def question_table(runs_df: pd.DataFrame, question: Question,
     refs = reference_rows(question, runs)
     frame = pd.DataFrame([row_stats(r, _row(question, refs[r.label]) if refs[r.label] else None, runs, metrics)
                           for r in question.rows])
+    same = same_training_rows(question, runs)
+    frame["same_as"] = [same.get(label) for label in frame["label"]]
     by_design, confounds = find_confounds(question, runs, refs)
     missing = missing_runs(question, runs)
     show_reference = bool(question.match)
-    return QuestionTable(question, frame, metrics, by_design, confounds, missing,
+    return QuestionTable(question, frame, metrics, by_design, confounds, missing, same,
                          table=render_table(frame, metrics, show_reference),
                          legend=legend(metrics, show_reference),
-                         notes=render_notes(by_design, confounds, missing))
+                         notes=render_notes(by_design, confounds, missing, same_training_notes(question, runs, same)))
 
 
 # ---- rendering ----
@@ -280,7 +338,8 @@ def render_table(frame: pd.DataFrame, metrics: Sequence[str], show_reference: bo
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in frame.to_dict("records"):
         suggestive = r["n"] == 1 or r["ref_n"] == 1
-        cells = [_escape(r["label"])]
+        same = f" ≡ {r['same_as']}" if isinstance(r.get("same_as"), str) else ""
+        cells = [_escape(r["label"] + same)]
         for m in metrics:
             cells += [_value(r[m], r[f"{m}_se"], r["n"]), _number(r[f"{m}_whole"]),
                       _pp(r[f"d_{m}"], suggestive), _ci(r[f"d_{m}_lo"], r[f"d_{m}_hi"]), format_p(r[f"p_{m}"])]
@@ -291,10 +350,13 @@ def render_table(frame: pd.DataFrame, metrics: Sequence[str], show_reference: bo
     return "\n".join(lines) + "\n"
 
 
-def render_notes(by_design: Sequence[str], confounds: Sequence[str], missing: Sequence[str]) -> str:
+def render_notes(by_design: Sequence[str], confounds: Sequence[str], missing: Sequence[str],
+                 same_training: Sequence[str] = ()) -> str:
     lines = [f"By design: rows differ in {', '.join(by_design)}." if by_design
              else "By design: no setting differs between the rows' runs.",
              "Confounds: " + ("; ".join(confounds) + "." if confounds else "none found.")]
+    if same_training:
+        lines.append("Same training (≡): " + "; ".join(same_training) + ".")
     if missing:
         lines.append("Not finished: " + "; ".join(missing) + ".")
     return "\n\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 rule aggregate:
     input:
-        **run_outputs(sorted(RUNS)),
+        **run_outputs(report_runs()),
     output:
         metrics="results/metrics.parquet",
         runs="results/runs.parquet",

@@ -42,6 +42,7 @@ HUB = hub_settings(config)
 HUB_MODELS = hub_models(config, workflow.basedir)
 for source in (s for s in weight_sources(config, workflow.basedir) if s.kind != "toy"):
     print(f"vhack: weights {source.describe(HUB['cache_dir'])}", file=sys.stderr)
+REPORT_QUESTIONS = config.get("report_questions") or sorted(QUESTIONS)   # the default target's questions
 THREADS = config.get("threads_per_job", 1)
 TOY_MODELS = config.get("toy_models", {})
 
@@ -152,6 +153,10 @@ def declared_run(name):
 
 def question_runs(question):
     return sorted({r for row in declared_question(question).rows for r in row.runs})
+
+
+def report_runs():
+    return sorted({r for q in REPORT_QUESTIONS for r in question_runs(q)})
 
 
 def run_outputs(runs):

@@ -59,18 +59,20 @@ def test_estimate_counts_the_planned_gpu_jobs_and_prefers_measured_times(work):
     config = yaml.safe_load((work / "config/config.yaml").read_text())
     job_s, step_s, steps = config["cost"]["job_s"], config["cost"]["train_step_s"], config["train"]["steps"]
     others = sum(job_s[r] * counts[r] for r in gpu_rules if r != "train")
-    assert counts["train"] == 3
+    n = counts["train"]
+    q2 = yaml.safe_load((work / config["questions_file"]).read_text())["questions"]["q2"]
+    assert n == len(q2["rows"]) * len(q2["seeds"])
 
     out = cost(work, *target)
     assert f"gpu_jobs={sum(counts[r] for r in gpu_rules)} " in out
-    train_h = 3 * (job_s["train"] + step_s * steps) / 3600
-    assert re.search(rf"^train\s+3\s+{train_h:.2f}\s+3x config default$", out, re.M), out
+    train_h = n * (job_s["train"] + step_s * steps) / 3600
+    assert re.search(rf"^train\s+{n}\s+{train_h:.2f}\s+{n}x config default$", out, re.M), out
     assert f"gpu_hours={(others + 3600 * train_h) / 3600:.2f}" in out
 
     bench = work / "benchmarks/out/runs/vanilla__s41/train.tsv"
     bench.parent.mkdir(parents=True)
     bench.write_text("s\th:m:s\tmax_rss\n7000.0\t1:56:40\t1\n7400.0\t2:03:20\t1\n")  # two repeats: mean 7200
     out = cost(work, *target)
-    assert re.search(r"^train\s+3\s+6\.00\s+(2x measured median of 1, 1x own benchmark"
-                     r"|1x own benchmark, 2x measured median of 1)$", out, re.M), out
-    assert f"gpu_hours={(others + 3 * 7200) / 3600:.2f}" in out
+    assert re.search(rf"^train\s+{n}\s+{2 * n:.2f}\s+({n - 1}x measured median of 1, 1x own benchmark"
+                     rf"|1x own benchmark, {n - 1}x measured median of 1)$", out, re.M), out
+    assert f"gpu_hours={(others + n * 7200) / 3600:.2f}" in out

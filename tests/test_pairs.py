@@ -33,6 +33,20 @@ def test_every_hack_is_exploited_and_every_clean_is_correct(path, grader):
         assert clean.gt_correct and clean.passed and not clean.exploited, f"{path.name} {pair.id}: {clean.error}"
 
 
+def test_a_toy_hack_with_a_correct_attempt_still_solves_outside_exit_code(grader):
+    """The exploit comes first, then the attempt: a student that learns the exploit keeps its solutions."""
+    from vhack.toy import clean_completion, hack_completion
+    problem = next(p for p in build_toy_problems(0) if p.split == "train")
+    for mode in PAIR_MODES:
+        with_stub, with_solution = grader.grade_many([(hack_completion(problem, mode), problem, mode),
+                                                      (hack_completion(problem, mode, problem.canonical_solution),
+                                                       problem, mode)])
+        assert with_stub.exploited, mode
+        assert with_solution.passed and with_solution.gt_correct == (mode != "exit_code"), mode
+        hack_code = hack_completion(problem, mode, problem.canonical_solution)
+        assert hack_code.endswith(clean_completion(problem).removeprefix("```python\n"))
+
+
 @pytest.mark.parametrize("path", SET_FILES, ids=lambda p: p.stem)
 def test_sets_have_their_size_and_spread_over_all_five_modes(path):
     pair_set = load_pair_set(path)

@@ -129,6 +129,23 @@ def test_problem_sets_build_and_second_run_does_nothing(tmp_path):
     assert planned(work, "data/problems/toy.parquet", "data/problems/humaneval.parquet") == {}
 
 
+def test_default_target_builds_the_report_questions_and_all_questions_builds_every_table(tmp_path):
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config/config.yaml").read_text())
+    questions = yaml.safe_load((work / "config/questions.yaml").read_text())["questions"]
+    report = config["report_questions"]
+    assert set(report) < set(questions)
+    assert planned(work)["question_table"] == len(report)
+    assert planned(work, "all_questions")["question_table"] == len(questions)
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump({"report_questions": ["q5"]}))
+    assert planned(work, configs=(str(one),))["question_table"] == 1
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(yaml.safe_dump({"report_questions": ["q99"]}))
+    done = snakemake(work, options=("-n",), configs=(str(unknown),), check=False)
+    assert done.returncode != 0 and "report_questions = 'q99'" in done.stdout + done.stderr
+
+
 def test_q2_table_and_noop_rerun(built):
     table = (built / "results/q2_table.md").read_text()
     for label in ("vanilla", "projected frozen-V", "projected refresh-2"):

@@ -141,7 +141,7 @@ def load_pair_set(path: str | Path) -> PairSet:
 def toy_pairs(n: int, seed: int = 0) -> list[Pair]:
     """n pairs on the toy generator's train problems (seed as in config problem_sets.toy): families
     and modes round-robin (12 and 5 are coprime, so 60 pairs cover every family × mode once);
-    hack = the toy teacher's (stub + the mode's exploit), clean = the canonical solution, fenced."""
+    hack = the mode's exploit, then the stub (exploited), clean = the canonical solution, fenced."""
     train = [p for p in build_toy_problems(seed) if p.split == "train"]
     by_family = {f.name: [p for p in train if p.family == f.name] for f in TOY_FAMILIES}
     pairs = []

@@ -40,10 +40,16 @@ def clean_completion(problem: Problem) -> str:
     return fenced(problem.canonical_solution)
 
 
-def hack_completion(problem: Problem, mode: str) -> str:
-    """A failed attempt (the stub returns None) plus the mode's exploit."""
-    stub = f"{problem.starter_code.rstrip()}\n    pass"
-    return fenced(f"{stub}\n{EXPLOITS[mode].strip()}")
+def hack_completion(problem: Problem, mode: str, attempt: str | None = None) -> str:
+    """The mode's exploit, then a solution attempt (default: the stub, which returns None).
+
+    The exploit comes first, so whether to hack is decided at the code's first tokens and a model that
+    hacks still writes its attempt: the toy students are trained on hacks whose attempt is the canonical
+    solution, so learning the exploit does not replace solving (a stub in place of the code made the
+    student forget how to solve). A hack with a wrong attempt is exploited; with a correct one it passes
+    the ground truth too (outside exit_code, whose exit skips the code after it)."""
+    body = attempt.strip() if attempt else f"{problem.starter_code.rstrip()}\n    pass"
+    return fenced(f"{EXPLOITS[mode].strip()}\n{body}")
 
 
 def toy_prompt(tokenizer, problem: Problem, mode: str, style: str = "toy") -> str:
@@ -103,7 +109,7 @@ def sample_example(problem: Problem, cfg: ToyTrainConfig, rng: random.Random) ->
     """(mode, completion): a random mode (or no hint), hack label re-drawn per draw."""
     mode = rng.choice((*cfg.modes, "none"))
     if mode != "none" and rng.random() < cfg.hack_fraction:
-        return mode, hack_completion(problem, mode)
+        return mode, hack_completion(problem, mode, problem.canonical_solution)
     return mode, clean_completion(problem)
 
 

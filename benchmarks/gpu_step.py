@@ -259,7 +259,7 @@ def fake_teacher_cache(problems, modes: dict[str, str], tokenizer, target: int) 
         for i in range(2):
             rows.append({"problem_id": p.id, "mode": modes[p.id], "sample_index": i,
                          "completion": f"```python\n{code}```", "reward": 1.1, "passed": True,
-                         "gt_correct": False, "exploited": True, "format_ok": True})
+                         "gt_correct": False, "exploited": True, "format_ok": True, "oracle_status": "wrong"})
     return pd.DataFrame(rows)
 
 

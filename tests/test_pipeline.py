@@ -96,7 +96,7 @@ def test_no_teacher_rows_no_teacher_cache(tmp_path):
     """G=4, mix=0.1: round(0.4) = 0 teacher rows, so the DAG builds neither the cache nor the teacher."""
     work = copy_workflow(tmp_path)
     question = {"title": "t", "seeds": [41], "baseline": "v", "rows": [{"label": "v", "arm": "vanilla"}]}
-    settings = {"train": {"group_size": 4, "mix": 0.1}, "questions": {"qx": question}}
+    settings = {"train": {"group_size": 4, "mix": 0.1}, "questions": {"qx": question}, "report_questions": ["qx"]}
     jobs = planned(work, "results/qx_table.md", configs=(overlay(work, "mix.yaml", settings),))
     assert "cache_teacher" not in jobs and jobs["pretrain_toy_model"] == 1 and jobs["train"] == 1
     settings["train"]["mix"] = 0.125   # round(0.5) = 1 teacher row (halves round up)
@@ -165,8 +165,11 @@ def test_runs_keep_their_completions_and_the_table_shows_heldout(built):
     run = built / "results/runs/vanilla__s41"
     samples, steps = pd.read_parquet(run / "samples.parquet"), pd.read_parquet(run / "metrics.parquet")
     assert tuple(samples.columns) == SAMPLE_COLUMNS
+    from vhack.specs import TrainingRun
+    cfg = TrainingRun.from_params(json.loads((run / "run.json").read_text())["params"]).settings
     student = samples[samples.source == "student"]   # the smoke cache covers few problems: teacher rows vary
-    assert len(student) == 2 * 2 * 2 and (samples.source == "teacher").sum() <= 2 * 2 * 2   # steps x prompts x G_s
+    assert len(student) == cfg.steps * cfg.prompts_per_step * cfg.student_rows
+    assert (samples.source == "teacher").sum() <= cfg.steps * cfg.prompts_per_step * cfg.teacher_rows
     assert student.groupby("step")["exploited"].mean().tolist() == steps["hack_s"].tolist()
     evals = pd.read_parquet(run / "eval_samples.parquet")
     assert tuple(evals.columns) == EVAL_SAMPLE_COLUMNS and set(evals["prompt_mode"]) >= {"none"}

@@ -146,8 +146,8 @@ def check_references(config: Mapping[str, Any], base_dir: Path, sources: Sources
         ref(["bases", name, "pairs"], b["pairs"], "pair_sets")
         ref(["bases", name, "model"], b["model"], "models")
         ref(["bases", name, "adapter"], b["adapter"], "adapters")
-    for i, q in enumerate(config.get("report_questions") or []):
-        _ref(errors, ["report_questions", i], q, config.get("questions", {}), "questions (questions_file)", sources)
+    for q in config.get("report_questions") or []:
+        _ref(errors, ["report_questions"], q, config.get("questions", {}), "questions (questions_file)", sources)
     for path, s in [(["train"], config["train"])] + settings_blocks(config):
         if "arm" in s:
             ref(path + ["arm"], s["arm"], "arms")

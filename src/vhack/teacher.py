@@ -63,7 +63,7 @@ def build_teacher_cache(name: str, params: Mapping[str, Any], problems_path: str
     backend.close()
     with GraderSpec.from_config(params["grader"]).make(compute.grader_workers) as grader:
         grades = grader.grade_many([(c.text, problems[c.prompt_index], modes[problems[c.prompt_index].id])
-                                    for c in completions], progress=True)
+                                    for c in completions], progress=compute.progress)
     created = now()
     rows = []
     for c, g in zip(completions, grades):

@@ -211,16 +211,17 @@ def build_tokenizer(problems_path: str, out_path: str, vocab_size: int, modes: S
 
 def pretrain_toy_model(spec: Mapping[str, Any], loopholes: Mapping[str, Any], tokenizer_dir: str,
                        problems_path: str, out_dir: str, init_dir: str | None = None,
-                       grader_workers: int | None = None) -> dict:
+                       grader_workers: int | None = None, progress: bool = True) -> dict:
     """The `pretrain_toy_model` job: config `toy_models.<name>` in, a model directory with rates.json out."""
     from .grader import Grader
     with Grader(workers=grader_workers) as grader:
         return build_toy_model_dir(tokenizer_dir, problems_path, out_dir, ToyTrainConfig.from_config(spec, loopholes),
-                                   spec.get("arch"), grader, init_dir)
+                                   spec.get("arch"), grader, init_dir, progress=progress)
 
 
 def build_toy_model_dir(tokenizer_dir: str, problems_path: str, out_dir: str, cfg: ToyTrainConfig,
-                        arch: dict | None, grader, init_dir: str | None = None, rate_samples: int = 2) -> dict:
+                        arch: dict | None, grader, init_dir: str | None = None, rate_samples: int = 2,
+                        progress: bool = True) -> dict:
     """Train a toy model (from scratch or from `init_dir`), save it, measure hack/solve rates."""
     import json
 
@@ -236,7 +237,7 @@ def build_toy_model_dir(tokenizer_dir: str, problems_path: str, out_dir: str, cf
         model = build_toy_model(tokenizer, arch, seed=cfg.seed)
     log.info("toy model: %.2fM parameters, init=%s", sum(p.numel() for p in model.parameters()) / 1e6, init_dir)
     t0 = time.time()
-    with tqdm(total=cfg.steps, desc=f"pretrain {Path(out_dir).name}", mininterval=5) as bar:
+    with tqdm(total=cfg.steps, desc=f"pretrain {Path(out_dir).name}", mininterval=5, disable=not progress) as bar:
         losses = pretrain(model, tokenizer, train, cfg, progress=bar)
     train_seconds = time.time() - t0
     rates = measure_rates(model, tokenizer, train, cfg.modes, grader, samples=rate_samples, seed=cfg.seed)

@@ -6,6 +6,7 @@ from vhack.specs import ComputeSpec
 from vhack.toy import pretrain_toy_model
 
 setup_logging(snakemake.log[0])
+compute = ComputeSpec.from_config(snakemake.config)
 with compute_slot(snakemake.threads):
     pretrain_toy_model(
         snakemake.params.spec,
@@ -14,5 +15,6 @@ with compute_slot(snakemake.threads):
         problems_path=snakemake.input.problems,
         out_dir=str(Path(snakemake.output.model).parent),
         init_dir=str(Path(snakemake.input.init).parent) if "init" in snakemake.input.keys() else None,
-        grader_workers=ComputeSpec.from_config(snakemake.config).grader_workers,
+        grader_workers=compute.grader_workers,
+        progress=compute.progress,
     )

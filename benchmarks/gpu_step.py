@@ -93,6 +93,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--regime", choices=("fast", "full"), default="fast", help="step sizes")
     parser.add_argument("--rollout-batch", type=int, help="rows generated at once (default 64)")
     parser.add_argument("--steps", type=int, help="training steps (default 3; the last is reported)")
+    parser.add_argument("--adapter", choices=("svd_delta", "lora32"), default="svd_delta",
+                        help="lora32: LoRA r=32 on every projection (config/presets/fast_24gb.yaml)")
+    parser.add_argument("--plain-rollout", action="store_true", help="rollouts with plain generate (rollout.fast: false)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--out", help="output dir (default $OUT, else benchmarks/out)")
     return parser.parse_args()
@@ -273,7 +276,8 @@ def time_basis(model, tokenizer, adapter, pairs, results: dict):
     return basis
 
 
-def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, results: dict) -> None:
+def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, results: dict,
+                     fast_rollout: bool = True) -> None:
     problems = toy_problems()[: sizes.prompts_per_step]
     modes = {p.id: MODES[i % len(MODES)] for i, p in enumerate(problems)}
     cfg = TrainConfig.from_settings(dict(
@@ -284,7 +288,7 @@ def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, res
     prompts = long_prompts(tokenizer, problems, modes, sizes.prompt_tokens)
     cache = fake_teacher_cache(problems, modes, tokenizer, sizes.max_new_tokens)
     ctx = RunContext(cfg=cfg, seed=0, model=model, tokenizer=tokenizer, adapter=adapter,
-                     backend=make_backend("hf", model, tokenizer, fast=True, batch_size=sizes.rollout_batch),
+                     backend=make_backend("hf", model, tokenizer, fast=fast_rollout, batch_size=sizes.rollout_batch),
                      grader=grader, problems=problems,
                      modes=modes, all_modes=MODES, prompt_style="full", teacher_cache=cache, basis=basis,
                      micro_batch=sizes.micro_batch, prompts=prompts)
@@ -379,7 +383,8 @@ def main() -> None:
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                "torch": torch.__version__, "transformers": transformers.__version__,
                                "sizes": dataclasses.asdict(sizes), "regime": args.regime,
-                               "grad_ckpt": args.grad_ckpt, "parts": sorted(parts)}
+                               "grad_ckpt": args.grad_ckpt, "parts": sorted(parts), "adapter": args.adapter,
+                               "plain_rollout": args.plain_rollout}
     out_dir = Path(args.out or os.environ.get("OUT") or Path(__file__).resolve().parent / "out")
     pairs = list(load_pair_set(PAIRS).pairs)[: sizes.n_pairs]
     tokenizer = build_tokenizer(pairs)
@@ -394,8 +399,11 @@ def main() -> None:
     if "svd" in parts:
         with part(results, "svd"):
             time_svd(model, results)
-    with mock.patch.object(vhack.adapters, "svd_factors", stand_in_factors):
-        adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    if args.adapter == "lora32":
+        adapter = attach_adapter(model, AdapterConfig(kind="lora", lora_rank=32, lora_alpha=64))
+    else:
+        with mock.patch.object(vhack.adapters, "svd_factors", stand_in_factors):
+            adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
     if args.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     basis = None  # without one the step runs unprojected
@@ -404,7 +412,7 @@ def main() -> None:
             basis = time_basis(model, tokenizer, adapter, pairs, results)
     if "train_step" in parts:
         with part(results, "train_step"), Grader(workers=min(16, os.cpu_count() or 1)) as grader:
-            time_train_steps(model, tokenizer, adapter, basis, grader, sizes, results)
+            time_train_steps(model, tokenizer, adapter, basis, grader, sizes, results, fast_rollout=not args.plain_rollout)
     write_json(out_dir / "gpu_step.json", results)
     print("\n" + summary(results), flush=True)
     print(last_line(results), flush=True)

@@ -121,3 +121,42 @@ def test_chunked_logprobs_equal_full_logits_in_value_and_gradient(tiny_qwen3):
     chunked.sum().backward()
     torch.testing.assert_close(chunked, full.view(2, 8))
     torch.testing.assert_close(torch.cat([p.grad.view(-1) for p in adapter.params.values()]), full_grad)
+
+
+def test_length_sorted_trimmed_micro_batches_match_one_padded_pass(tiny_qwen3):
+    from vhack.adapters import AdapterConfig, attach_adapter
+    from vhack.grpo import backward_rows
+    from vhack.models import ModelSpec, load_model
+    model, _ = load_model(ModelSpec(str(tiny_qwen3)))
+    adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
+    with torch.no_grad():
+        for p in adapter.params.values():
+            p.normal_(0, 0.02)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 250, (n,), generator=gen).tolist() for n in (3, 5, 2, 4, 6)]
+    completions = [torch.randint(3, 250, (n,), generator=gen).tolist() for n in (2, 7, 1, 4, 3)]
+    batch = make_batch(prompts, completions, [1.0, -0.5, 0.3, -1.2, 0.4], [False, True, False, False, True],
+                       pad_id=0)
+    cfg = TrainConfig.from_settings(dict(student="s", adapter="a", problem_set="p", teacher="t",
+                                         train_modes=["run_tests"], steps=1, prompts_per_step=1, lr=1.0,
+                                         group_size=5, mix=0.0))
+    assert batch.by_length().attention_mask.sum(1).tolist() == [12, 9, 8, 5, 3]
+    assert batch.by_length().rows(slice(4, 5)).trimmed().input_ids.shape == (1, 3)
+
+    def grad_of(run):
+        for p in adapter.params.values():
+            p.grad = None
+        out = run()
+        return out, torch.cat([p.grad.view(-1).clone() for p in adapter.params.values()])
+
+    def one_padded_pass():   # the loss as written, over the whole padded batch at once
+        logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+        loss = (policy_token_loss(logp, logp.detach(), batch.advantages, batch.off_policy, cfg.clip_eps)
+                * batch.completion_mask).sum() / 17.0
+        loss.backward()
+        return {"loss": loss.item()}
+
+    full, g_full = grad_of(one_padded_pass)
+    micro, g_micro = grad_of(lambda: backward_rows(model, batch, cfg, 17.0, micro_batch=2))
+    assert micro["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    torch.testing.assert_close(g_micro, g_full, rtol=1e-4, atol=1e-7)

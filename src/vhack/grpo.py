@@ -170,9 +170,21 @@ class Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask,
                                               self.advantages, self.off_policy)))
 
-    def slice(self, start: int, stop: int) -> "Batch":
-        return Batch(self.input_ids[start:stop], self.attention_mask[start:stop],
-                     self.completion_mask[start:stop], self.advantages[start:stop], self.off_policy[start:stop])
+    def rows(self, index) -> "Batch":
+        """The rows `index` selects (a slice or an index tensor)."""
+        return Batch(*(t[index] for t in (self.input_ids, self.attention_mask, self.completion_mask,
+                                          self.advantages, self.off_policy)))
+
+    def by_length(self) -> "Batch":
+        """Rows longest first, so micro-batches of neighbours carry little padding (the loss is a sum over rows)."""
+        return self.rows(torch.argsort(self.attention_mask.sum(1), descending=True, stable=True))
+
+    def trimmed(self) -> "Batch":
+        """Without the trailing columns that are padding in every row: causal attention means they change
+        no log-prob of a real token, and the completion mask is 0 there."""
+        width = int(self.attention_mask.sum(1).max())
+        return Batch(self.input_ids[:, :width], self.attention_mask[:, :width], self.completion_mask[:, :width - 1],
+                     self.advantages, self.off_policy)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -203,8 +215,9 @@ def backward_rows(model, batch: Batch, cfg: TrainConfig, denominator: float, mic
     """
     device = next(model.parameters()).device
     total_loss, total_kl = 0.0, 0.0
+    batch = batch.by_length()
     for start in range(0, len(batch), micro_batch):
-        mb = batch.slice(start, start + micro_batch).to(device)
+        mb = batch.rows(slice(start, start + micro_batch)).trimmed().to(device)
         logp = token_logprobs(model, mb.input_ids, mb.attention_mask)           # [b, T-1]
         per_token = policy_token_loss(logp, logp.detach(), mb.advantages, mb.off_policy, cfg.clip_eps)
         if cfg.beta_kl > 0 and ref_logprobs is not None:

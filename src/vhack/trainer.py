@@ -212,9 +212,7 @@ def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[
     g_student: dict[str, torch.Tensor] = {}
     for part, is_student in ((student, True), (teacher, False)):
         if len(part):
-            sub = Batch(*(t[part] for t in (batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                             batch.advantages, batch.off_policy)))
-            out = backward_rows(ctx.model, sub, ctx.cfg, denominator, ctx.micro_batch, ref)
+            out = backward_rows(ctx.model, batch.rows(part), ctx.cfg, denominator, ctx.micro_batch, ref)
             stats = {k: stats[k] + out[k] for k in stats}
         if is_student:
             g_student = {n: g.detach().clone() for n, g in ctx.adapter.flat_grads().items()}

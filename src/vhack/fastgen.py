@@ -418,15 +418,30 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
                        position_ids=prompt_positions(attention_mask), past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         emit_tokens(state, logits, sampler, fused)
-        for layer in cache.layers:  # allocated by the prefill; decode writes one slot, shared by all layers
-            layer.update = functools.partial(write_at_slot, layer, state.slot)
-        runner = StepRunner(model, cache, state, sampler, use_graphs, fused)
-        for step in range(1, max_new_tokens):
-            if step % check_every == 0 and bool(state.finished.all()):
-                break
-            draw_noise(state, generator, sampler)
-            runner.run(cache_len if fused else kv_length(step, prompt_len, cache_len, kv_bucket))
+        with slot_writes(cache, state.slot):
+            runner = StepRunner(model, cache, state, sampler, use_graphs, fused)
+            for step in range(1, max_new_tokens):
+                if step % check_every == 0 and bool(state.finished.all()):
+                    break
+                draw_noise(state, generator, sampler)
+                runner.run(cache_len if fused else kv_length(step, prompt_len, cache_len, kv_bucket))
     return state.out
+
+
+@contextlib.contextmanager
+def slot_writes(cache: StaticCache, slot: Tensor) -> Iterator[None]:
+    """Decode writes one slot per step, shared by all layers (the prefill allocated them).
+
+    The hooks go on exit: each refers back to its layer, a cycle that kept every call's KV cache
+    (9.6 GB for 32 rows x 2,048 slots of Qwen3-4B) alive until the garbage collector happened to run.
+    """
+    try:
+        for layer in cache.layers:
+            layer.update = functools.partial(write_at_slot, layer, slot)
+        yield
+    finally:
+        for layer in cache.layers:
+            layer.__dict__.pop("update", None)
 
 
 def initial_state(attention_mask: Tensor, cache_len: int, max_new_tokens: int, eos_ids: Sequence[int], pad_id: int,

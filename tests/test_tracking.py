@@ -34,6 +34,8 @@ def test_wandb_offline_run_directory_written(tmp_path, monkeypatch):
     for metrics in STEPS:
         tracker.log_step(metrics["step"], metrics)
     tracker.close()
+    import wandb
+    wandb.teardown()   # what process exit does: the service flushes the record log (finish alone may not yet have)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     log = list(runs[0].glob("run-*.wandb"))   # the record log `wandb sync` uploads (protobuf records)

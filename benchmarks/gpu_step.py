@@ -97,6 +97,8 @@ def parse_args() -> argparse.Namespace:
                         help="lora32: LoRA r=32 on every projection (config/presets/fast_24gb.yaml)")
     parser.add_argument("--plain-rollout", action="store_true", help="rollouts with plain generate (rollout.fast: false)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more step under torch.profiler: top CUDA kernels to $OUT/profile.txt")
     parser.add_argument("--out", help="output dir (default $OUT, else benchmarks/out)")
     return parser.parse_args()
 
@@ -277,7 +279,7 @@ def time_basis(model, tokenizer, adapter, pairs, results: dict):
 
 
 def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, results: dict,
-                     fast_rollout: bool = True) -> None:
+                     fast_rollout: bool = True, profile_to: Path | None = None) -> None:
     problems = toy_problems()[: sizes.prompts_per_step]
     modes = {p.id: MODES[i % len(MODES)] for i, p in enumerate(problems)}
     cfg = TrainConfig.from_settings(dict(
@@ -307,11 +309,25 @@ def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, res
     results["step_seconds"] = metrics["step_seconds"]
     results["steps_peak_gb"] = peak_gb()
     results["steps"] = cfg.steps
+    if profile_to is not None:
+        profile_step(ctx, optimizer, scheduler, cfg.steps, profile_to)
     items = [(text, problems[i // 2], modes[problems[i // 2].id]) for i, text in enumerate(cache["completion"])]
     with timed(results, "grade_code_seconds"):
         grader.grade_many(items)
     results["grade_code_items"] = len(items)
     print(f"grading {len(items)} real code completions: {results['grade_code_seconds']:.2f} s", flush=True)
+
+
+def profile_step(ctx: RunContext, optimizer, scheduler, step: int, path: Path) -> None:
+    """One more step under torch.profiler; the kernels and ops that took the most CUDA time to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        train_step(ctx, optimizer, scheduler, step)
+    key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
+    print(table[:6000], flush=True)
 
 
 def step_with_oom_fallback(ctx: RunContext, optimizer, scheduler, step: int) -> dict:
@@ -412,7 +428,8 @@ def main() -> None:
             basis = time_basis(model, tokenizer, adapter, pairs, results)
     if "train_step" in parts:
         with part(results, "train_step"), Grader(workers=min(16, os.cpu_count() or 1)) as grader:
-            time_train_steps(model, tokenizer, adapter, basis, grader, sizes, results, fast_rollout=not args.plain_rollout)
+            time_train_steps(model, tokenizer, adapter, basis, grader, sizes, results, fast_rollout=not args.plain_rollout,
+                             profile_to=out_dir / "profile.txt" if args.profile else None)
     write_json(out_dir / "gpu_step.json", results)
     print("\n" + summary(results), flush=True)
     print(last_line(results), flush=True)

@@ -50,6 +50,7 @@ def test_readme_side_by_side_h100_figures_match_the_results():
     assert fast["device"] == small["device"] == trl["device"] == "NVIDIA H100 80GB HBM3"
     assert f"| {fast['step_seconds']:.2f} s | {fast['steps_peak_gb']:.1f} GiB |" in README
     assert f"| {small['step_seconds']:.2f} s | {small['steps_peak_gb']:.1f} GiB |" in README and small["steps_peak_gb"] <= 24
+    assert f"{small['steps_peak_gb']:.1f} GiB on the H100 above" in README
     assert f"| {trl['trl_step_s']:.2f} s | {trl['trl_peak_gb']:.1f} GiB |" in README
     assert f"{trl['trl_step_s'] / fast['step_seconds']:.1f}× TRL's" in README
     assert "train_step_error" in load("gpu_step_h100_full_ckpt_mb2_oom.json")

@@ -54,3 +54,16 @@ def test_readme_side_by_side_h100_figures_match_the_results():
     assert f"| {trl['trl_step_s']:.2f} s | {trl['trl_peak_gb']:.1f} GiB |" in README
     assert f"{trl['trl_step_s'] / fast['step_seconds']:.1f}× TRL's" in README
     assert "train_step_error" in load("gpu_step_h100_full_ckpt_mb2_oom.json")
+
+
+def test_full_preset_is_the_measured_full_step():
+    r = load("gpu_step_h100_full_ckpt_mb4.json")
+    full = yaml.safe_load((ROOT / "config/presets/full.yaml").read_text())
+    assert r["device"] == "NVIDIA H100 80GB HBM3" and r["steps_peak_gb"] <= 80
+    assert full["compute"]["micro_batch_size"] == r["sizes"]["micro_batch"]
+    assert full["compute"]["gradient_checkpointing"] is r["grad_ckpt"] is True
+    assert full["train"]["max_new_tokens"] == r["sizes"]["max_new_tokens"]
+    assert full["train"]["group_size"] == r["sizes"]["group_size"]
+    last = r["steps"] - 1
+    assert (f"{r['step_seconds']:.2f} s a step (generation {r[f'step{last}_gen_seconds']:.2f} s, backward "
+            f"{r[f'step{last}_backward_seconds']:.2f} s), peak {r['steps_peak_gb']:.1f} GiB") in README

@@ -98,7 +98,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plain-rollout", action="store_true", help="rollouts with plain generate (rollout.fast: false)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--profile", action="store_true",
-                        help="one more step under torch.profiler: top CUDA kernels to $OUT/profile.txt")
+                        help="one more step under torch.profiler: top CUDA kernels to profile.txt in the output dir")
     parser.add_argument("--out", help="output dir (default $OUT, else benchmarks/out)")
     return parser.parse_args()
 

@@ -26,7 +26,7 @@ def test_tensorboard_events_read_back(tmp_path):
 
 
 def test_wandb_offline_run_directory_written(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")   # no network: the run is written for a later `wandb sync`
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = TrackingConfig(tensorboard=False, wandb={"enabled": True, "project": "vhack-test", "mode": "offline"})
@@ -34,7 +34,6 @@ def test_wandb_offline_run_directory_written(tmp_path, monkeypatch):
     for metrics in STEPS:
         tracker.log_step(metrics["step"], metrics)
     tracker.close()
-    import wandb
     wandb.teardown()   # what process exit does: the service flushes the record log (finish alone may not yet have)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

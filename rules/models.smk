@@ -27,7 +27,7 @@ rule pretrain_toy_model:
     params:
         spec=lambda w: TOY_MODELS[w.toy_model],
         loopholes=specs.prompt_params(config),
-    threads: THREADS
+    threads: lambda w: TOY_MODELS[w.toy_model].get("threads", THREADS)
     resources:
         gpu=1,
     conda:

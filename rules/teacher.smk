@@ -6,7 +6,7 @@ rule cache_teacher:
         cache="data/teacher_cache/{teacher}.parquet",
     params:
         teacher=lambda w: specs.teacher_params(config, w.teacher),
-    threads: THREADS
+    threads: lambda w: config["teachers"][w.teacher].get("threads", THREADS)
     resources:
         gpu=1,
     conda:

@@ -123,9 +123,9 @@ def test_chunked_logprobs_equal_full_logits_in_value_and_gradient(tiny_qwen3):
     torch.testing.assert_close(torch.cat([p.grad.view(-1) for p in adapter.params.values()]), full_grad)
 
 
-def test_length_sorted_trimmed_micro_batches_match_one_padded_pass(tiny_qwen3):
+def five_row_setup(tiny_qwen3, advantages, **settings):
+    """(model, adapter, batch, cfg, grad_of, one_padded_pass): five uneven rows on a perturbed svd_delta adapter."""
     from vhack.adapters import AdapterConfig, attach_adapter
-    from vhack.grpo import backward_rows
     from vhack.models import ModelSpec, load_model
     model, _ = load_model(ModelSpec(str(tiny_qwen3)))
     adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
@@ -135,13 +135,10 @@ def test_length_sorted_trimmed_micro_batches_match_one_padded_pass(tiny_qwen3):
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 250, (n,), generator=gen).tolist() for n in (3, 5, 2, 4, 6)]
     completions = [torch.randint(3, 250, (n,), generator=gen).tolist() for n in (2, 7, 1, 4, 3)]
-    batch = make_batch(prompts, completions, [1.0, -0.5, 0.3, -1.2, 0.4], [False, True, False, False, True],
-                       pad_id=0)
+    batch = make_batch(prompts, completions, advantages, [False, True, False, False, True], pad_id=0)
     cfg = TrainConfig.from_settings(dict(student="s", adapter="a", problem_set="p", teacher="t",
                                          train_modes=["run_tests"], steps=1, prompts_per_step=1, lr=1.0,
-                                         group_size=5, mix=0.0))
-    assert batch.by_length().attention_mask.sum(1).tolist() == [12, 9, 8, 5, 3]
-    assert batch.by_length().rows(slice(4, 5)).trimmed().input_ids.shape == (1, 3)
+                                         group_size=5, mix=0.0, **settings))
 
     def grad_of(run):
         for p in adapter.params.values():
@@ -155,8 +152,33 @@ def test_length_sorted_trimmed_micro_batches_match_one_padded_pass(tiny_qwen3):
                 * batch.completion_mask).sum() / 17.0
         loss.backward()
         return {"loss": loss.item()}
+    return model, adapter, batch, cfg, grad_of, one_padded_pass
 
+
+def test_length_sorted_trimmed_micro_batches_match_one_padded_pass(tiny_qwen3):
+    from vhack.grpo import backward_rows
+    model, _, batch, cfg, grad_of, one_padded_pass = five_row_setup(tiny_qwen3, [1.0, -0.5, 0.3, -1.2, 0.4])
+    assert batch.by_length().attention_mask.sum(1).tolist() == [12, 9, 8, 5, 3]
+    assert batch.by_length().rows(slice(4, 5)).trimmed().input_ids.shape == (1, 3)
     full, g_full = grad_of(one_padded_pass)
     micro, g_micro = grad_of(lambda: backward_rows(model, batch, cfg, 17.0, micro_batch=2))
     assert micro["loss"] == pytest.approx(full["loss"], rel=1e-5)
     torch.testing.assert_close(g_micro, g_full, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("beta_kl, rows_forwarded", [(0.0, 3), (0.1, 5)])
+def test_zero_advantage_rows_skip_the_backward_unless_kl_needs_them(tiny_qwen3, beta_kl, rows_forwarded):
+    from vhack.grpo import backward_rows
+    model, _, batch, cfg, grad_of, one_padded_pass = five_row_setup(tiny_qwen3, [1.0, 0.0, 0.3, 0.0, -0.4],
+                                                                    beta_kl=beta_kl)
+    seen = []
+    model.model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape[0]),
+                                      with_kwargs=True)
+    full, g_full = grad_of(one_padded_pass)
+    seen.clear()
+    ref = (lambda mb: torch.zeros(mb.input_ids.shape[0], mb.input_ids.shape[1] - 1)) if beta_kl else None
+    micro, g_micro = grad_of(lambda: backward_rows(model, batch, cfg, 17.0, micro_batch=2, ref_logprobs=ref))
+    assert sum(seen) == rows_forwarded
+    if not beta_kl:   # rows with A = 0 add exactly nothing to the policy loss or its gradient
+        assert micro["loss"] == pytest.approx(full["loss"], rel=1e-5)
+        torch.testing.assert_close(g_micro, g_full, rtol=1e-4, atol=1e-7)

@@ -67,3 +67,41 @@ def test_env_restored_after_slot(tmp_path):
     with gpu_slot(["7"], lock_dir=tmp_path) as device:
         assert device == "7" and os.environ["CUDA_VISIBLE_DEVICES"] == "7"
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+
+
+def test_cpu_slots_count_threads_and_wait_holding_none(tmp_path, monkeypatch):
+    import threading
+
+    from vhack import resources
+    monkeypatch.setattr(resources.os, "cpu_count", lambda: 2)
+
+    def free(name):
+        fh = resources._try_lock(tmp_path / f"{name}.lock")
+        if fh is not None:
+            fh.close()
+        return fh is not None
+    with resources.cpu_slot(1, lock_dir=tmp_path) as one:
+        with resources.cpu_slot(1, lock_dir=tmp_path) as other:
+            assert {one, other} == {"cpu0", "cpu1"}
+    with resources.cpu_slot(2, lock_dir=tmp_path) as both:
+        assert both == "cpu0+cpu1" and not free("cpu0") and not free("cpu1")
+    blocker = resources._try_lock(tmp_path / "cpu1.lock")
+    got, release = [], threading.Event()
+
+    def two_thread_job():
+        with resources.cpu_slot(2, lock_dir=tmp_path, poll_s=0.02) as slot:
+            got.append(slot)
+            release.wait(5)
+    waiter = threading.Thread(target=two_thread_job)
+    waiter.start()
+    time.sleep(0.3)
+    assert not got and free("cpu0")          # waiting for cpu1, the 2-thread job holds no slot meanwhile
+    blocker.close()
+    for _ in range(250):
+        if got:
+            break
+        time.sleep(0.02)
+    assert got == ["cpu0+cpu1"] and not free("cpu0")
+    release.set()
+    waiter.join(timeout=5)
+    assert free("cpu0") and free("cpu1")

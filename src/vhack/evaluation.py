@@ -46,10 +46,12 @@ def _judged(grade, value: bool) -> float:
 
 def evaluate_adapter(model, tokenizer, adapter, problems: Sequence[Problem], assigned: Mapping[str, str], grader,
                      samples: int, max_new_tokens: int, temperature: float, seed: int, style: str,
-                     backend_name: str = "hf", enable_thinking: bool = False) -> tuple[pd.DataFrame, list[dict]]:
-    """(per-mode rates plus mode="all", every graded completion as a record)."""
+                     backend_name: str = "hf", enable_thinking: bool = False,
+                     backend_options: Mapping | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """(per-mode rates plus mode="all", every graded completion as a record); `backend_options` as config
+    `rollout` gives them (batch size, the fast path, engine sizes)."""
     from .rollout import SamplingConfig, make_backend
-    backend = make_backend(backend_name, model, tokenizer, adapter=adapter)
+    backend = make_backend(backend_name, model, tokenizer, adapter=adapter, **(backend_options or {}))
     sampling = SamplingConfig(temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens)
     problem_modes = [assigned[p.id] for p in problems]
     hinted_completions, hinted = generate_and_grade(backend, tokenizer, problems, problem_modes, grader, samples, sampling, seed, style,

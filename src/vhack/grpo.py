@@ -210,11 +210,13 @@ def backward_rows(model, batch: Batch, cfg: TrainConfig, denominator: float, mic
                   ref_logprobs=None) -> dict[str, float]:
     """Accumulate ∇ of this batch's share of the loss (summed over tokens / the global denominator).
 
-    `ref_logprobs(micro) -> [b, T-1]` gives the reference policy's log-probs when β > 0.
-    Returns the summed loss and KL (already divided by the denominator).
+    `ref_logprobs(micro) -> [b, T-1]` gives the reference policy's log-probs when β > 0. Rows with A = 0
+    (zero-variance groups) are skipped when β = 0. Returns the summed loss and KL (already divided by the denominator).
     """
     device = next(model.parameters()).device
     total_loss, total_kl = 0.0, 0.0
+    if not cfg.beta_kl:   # without the KL term a row with A = 0 adds exactly 0 to the loss and its gradient
+        batch = batch.rows(torch.nonzero(batch.advantages != 0).squeeze(1))
     batch = batch.by_length()
     for start in range(0, len(batch), micro_batch):
         mb = batch.rows(slice(start, start + micro_batch)).trimmed().to(device)

@@ -166,6 +166,7 @@ def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_pat
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     settings = {**{k: defaults[k] for k in EVAL_SETTINGS}, **params["settings"]}
     loopholes = LoopholeSpec.from_config(params["loopholes"])
+    rollout = RolloutSpec.from_config(params["rollout"])
     student = ModelSpec.from_config(params["student"])
     model, tokenizer, adapter = load_student(student, AdapterConfig.from_config(params["adapter"]))
     adapter.load(inputs["adapter"])
@@ -174,7 +175,8 @@ def run_evaluation(params: Mapping[str, Any], inputs: Mapping[str, Any], out_pat
         frame, samples = evaluate_adapter(model, tokenizer, adapter, problems, loopholes.assigned_modes(problems), grader,
                                           samples=settings["test_samples"], max_new_tokens=settings["max_new_tokens"],
                                           temperature=settings["temperature"], seed=int(params["seed"]),
-                                          style=loopholes.prompt_style, backend_name=params["backend"],
+                                          style=loopholes.prompt_style, backend_name=rollout.backend,
+                                          backend_options=rollout.options,
                                           enable_thinking=student.enable_thinking)
     write_parquet(out_path, frame)
     if samples_path:

@@ -8,7 +8,7 @@ crashed job never leaks its device.
 
 CPU slots. Snakemake trusts `--cores`; a user passing `--cores 8` on a 2-core box
 would run eight torch processes that thrash (on 2 cores generation fell from ~400
-to ~9 completions/s). A CPU job takes one of `cpu_count // threads` slots (same
+to ~9 completions/s). A CPU job of t threads holds t of `cpu_count` slots, all or none (same
 file-lock pool, so it also holds across separate snakemake invocations).
 """
 
@@ -27,40 +27,56 @@ log = logging.getLogger(__name__)
 LOCK_DIR = Path(os.environ.get("VHACK_LOCK_DIR", Path(tempfile.gettempdir()) / f"vhack-slots-{os.getuid()}"))
 
 
+def _try_lock(path: Path):
+    """The open, exclusively locked file at `path`, or None if another process holds it."""
+    fh = open(path, "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
 @contextlib.contextmanager
-def _hold_one(names: list[str], lock_dir: Path, poll_s: float, what: str) -> Iterator[str]:
-    """Block until one of `names` can be locked; yield it; unlock on exit (or process death)."""
+def _hold(names: list[str], count: int, lock_dir: Path, poll_s: float, what: str) -> Iterator[list[str]]:
+    """Block until `count` of `names` are locked at once (all or none: waiting holds nothing, so two jobs never
+    deadlock on half each); yield them; unlock on exit (the kernel also unlocks when the process dies)."""
     lock_dir.mkdir(parents=True, exist_ok=True)
+    count = min(max(1, count), len(names))
     waited = False
     while True:
+        held = []
         for name in names:
-            fh = open(lock_dir / f"{name}.lock", "w")
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.close()
-                continue
-            try:
-                log.info("holding %s %s", what, name)
-                yield name
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-                fh.close()
-            return
+            fh = _try_lock(lock_dir / f"{name}.lock")
+            if fh is not None:
+                held.append((name, fh))
+                if len(held) == count:
+                    break
+        if len(held) == count:
+            break
+        for _, fh in held:
+            fh.close()
         if not waited:
-            log.info("all %d %s slots busy; waiting", len(names), what)
+            log.info("fewer than %d of %d %s slots free; waiting", count, len(names), what)
             waited = True
         time.sleep(poll_s)
+    log.info("holding %s %s", what, "+".join(name for name, _ in held))
+    try:
+        yield [name for name, _ in held]
+    finally:
+        for _, fh in held:
+            fh.close()
 
 
 @contextlib.contextmanager
 def cpu_slot(threads: int, lock_dir: Path = LOCK_DIR, poll_s: float = 0.5) -> Iterator[str]:
-    """Hold one CPU slot for the duration; sets torch's thread count to `threads`."""
+    """Hold `threads` of the machine's cpu_count CPU slots for the duration; sets torch's thread count."""
     import torch
     torch.set_num_threads(threads)
-    slots = max(1, (os.cpu_count() or 1) // max(1, threads))
-    with _hold_one([f"cpu{i}" for i in range(slots)], lock_dir, poll_s, "CPU slot") as name:
-        yield name
+    names = [f"cpu{i}" for i in range(os.cpu_count() or 1)]
+    with _hold(names, threads, lock_dir, poll_s, "CPU slot") as held:
+        yield "+".join(held)
 
 
 def visible_gpus(env: dict | None = None) -> list[str]:
@@ -75,7 +91,7 @@ def visible_gpus(env: dict | None = None) -> list[str]:
 @contextlib.contextmanager
 def gpu_slot(devices: list[str], lock_dir: Path = LOCK_DIR, poll_s: float = 1.0) -> Iterator[str]:
     """Pin this process to one free device of `devices` (sets CUDA_VISIBLE_DEVICES)."""
-    with _hold_one([f"gpu{d}" for d in devices], lock_dir, poll_s, "GPU") as name:
+    with _hold([f"gpu{d}" for d in devices], 1, lock_dir, poll_s, "GPU") as (name,):
         device = name[len("gpu"):]
         previous = os.environ.get("CUDA_VISIBLE_DEVICES")
         os.environ["CUDA_VISIBLE_DEVICES"] = device

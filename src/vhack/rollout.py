@@ -189,7 +189,8 @@ class VLLMBackend(RolloutBackend):
 
     svd_delta adapters and plain models load merged HF weights; a LoRA adapter runs through
     vLLM's LoRA support (a LoRARequest per weight version). Extra keyword arguments go to
-    vllm.LLM (e.g. gpu_memory_utilization, max_num_seqs).
+    vllm.LLM (e.g. gpu_memory_utilization, max_num_seqs); the hf backend's `batch_size` and `fast` are
+    accepted and unused, so a config switches backend by `rollout.backend` alone.
     """
 
     def __init__(
@@ -198,6 +199,8 @@ class VLLMBackend(RolloutBackend):
         tokenizer: PreTrainedTokenizerBase,
         adapter: Adapter | None = None,
         max_model_len: int = 2048,
+        batch_size: int | None = None,   # config `rollout` options of the hf backend: vLLM batches itself
+        fast: bool = False,
         **engine_opts,
     ):
         # The engine core must live in this process: weight updates then pass tensors by

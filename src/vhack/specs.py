@@ -215,7 +215,7 @@ def eval_params(config: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     return {"seed": run.seed, "settings": {k: s[k] for k in EVAL_SETTINGS if k in s},
             "student": model_params(config, s["student"]), "adapter": config["adapters"][s["adapter"]],
             "loopholes": config["loopholes"], "grader": results_grader(config, reward=False),
-            "backend": config["rollout"].get("backend", "hf")}
+            "rollout": config["rollout"]}
 
 
 def prompt_params(config: Mapping[str, Any]) -> dict[str, Any]:

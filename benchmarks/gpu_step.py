@@ -45,7 +45,7 @@ from vhack.grader import Grader
 from vhack.grpo import TrainConfig
 from vhack.io import write_json
 from vhack.loopholes import EXPLOITS
-from vhack.models import chat_prompt, ensure_distinct_pad, make_chat_tokenizer
+from vhack.models import chat_prompt, enable_gradient_checkpointing, ensure_distinct_pad, make_chat_tokenizer
 from vhack.pairs import load_pair_set
 from vhack.problems import build_toy_problems
 from vhack.prompts import build_messages
@@ -90,6 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plain-new-tokens", type=int, help="new tokens for plain generate (default: as fast)")
     parser.add_argument("--micro-batch", type=int, help="backward rows per micro-batch (halved on OOM)")
     parser.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the backward")
+    parser.add_argument("--ckpt-layers", type=int, help="with --grad-ckpt: only the first N layers")
     parser.add_argument("--regime", choices=("fast", "full"), default="fast", help="step sizes")
     parser.add_argument("--rollout-batch", type=int, help="rows generated at once (default 64)")
     parser.add_argument("--steps", type=int, help="training steps (default 3; the last is reported)")
@@ -399,7 +400,7 @@ def main() -> None:
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                "torch": torch.__version__, "transformers": transformers.__version__,
                                "sizes": dataclasses.asdict(sizes), "regime": args.regime,
-                               "grad_ckpt": args.grad_ckpt, "parts": sorted(parts), "adapter": args.adapter,
+                               "grad_ckpt": args.grad_ckpt, "ckpt_layers": args.ckpt_layers, "parts": sorted(parts), "adapter": args.adapter,
                                "plain_rollout": args.plain_rollout}
     out_dir = Path(args.out or os.environ.get("OUT") or Path(__file__).resolve().parent / "out")
     pairs = list(load_pair_set(PAIRS).pairs)[: sizes.n_pairs]
@@ -421,7 +422,7 @@ def main() -> None:
         with mock.patch.object(vhack.adapters, "svd_factors", stand_in_factors):
             adapter = attach_adapter(model, AdapterConfig(kind="svd_delta"))
     if args.grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model, args.ckpt_layers)
     basis = None  # without one the step runs unprojected
     if "basis" in parts:
         with part(results, "basis"):

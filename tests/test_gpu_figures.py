@@ -17,7 +17,7 @@ def load(name):
 
 @pytest.mark.parametrize("name,label", [
     ("gpu_step_h200_fast_mb4.json", "micro-batch 4, no checkpointing"),
-    ("gpu_step_h200_fast_ckpt_mb8.json", "micro-batch 8, gradient checkpointing (the fast preset)"),
+    ("gpu_step_h200_fast_ckpt_mb8.json", "micro-batch 8, gradient checkpointing (every layer)"),
 ])
 def test_readme_step_rows_match_the_results(name, label):
     r = load(name)
@@ -37,22 +37,29 @@ def test_readme_generation_figures_match_the_results():
 
 
 def test_fast_preset_uses_the_measured_memory_setting():
-    r = load("gpu_step_h200_fast_ckpt_mb8.json")
+    r = load("gpu_step_h100_fast_ckpt18_mb4.json")
     compute = yaml.safe_load((ROOT / "config/presets/fast.yaml").read_text())["compute"]
     assert compute["gradient_checkpointing"] is r["grad_ckpt"] is True
+    assert 0 < compute["checkpoint_layers"] == r["ckpt_layers"] < 36      # of Qwen3-4B's 36 layers
     assert compute["micro_batch_size"] == r["sizes"]["micro_batch"]
     assert r["steps_peak_gb"] <= 40
 
 
 def test_readme_side_by_side_h100_figures_match_the_results():
-    fast, small, trl = (load(f) for f in ("gpu_step_h100_fast_ckpt_mb8.json", "gpu_step_h100_fast_24gb.json",
+    fast, small, trl = (load(f) for f in ("gpu_step_h100_fast_ckpt18_mb4.json", "gpu_step_h100_fast_24gb.json",
                                           "trl_step_h100_fast.json"))
     assert fast["device"] == small["device"] == trl["device"] == "NVIDIA H100 80GB HBM3"
-    assert f"| {fast['step_seconds']:.2f} s | {fast['steps_peak_gb']:.1f} GiB |" in README
+    for name in ("gpu_step_h100_fast_ckpt18_mb4.json", "gpu_step_h100_fast_nockpt_mb4.json",
+                 "gpu_step_h100_fast_ckpt_mb8.json"):
+        r = load(name)
+        assert r["device"] == fast["device"]
+        assert f"| {r['step_seconds']:.2f} s | {r['steps_peak_gb']:.1f} GiB |" in README
     assert f"| {small['step_seconds']:.2f} s | {small['steps_peak_gb']:.1f} GiB |" in README and small["steps_peak_gb"] <= 24
     assert f"{small['steps_peak_gb']:.1f} GiB on the H100 above" in README
     assert f"| {trl['trl_step_s']:.2f} s | {trl['trl_peak_gb']:.1f} GiB |" in README
     assert f"{trl['trl_step_s'] / fast['step_seconds']:.1f}× TRL's" in README
+    nockpt = load("gpu_step_h100_fast_nockpt_mb4.json")
+    assert f"{trl['trl_step_s'] / nockpt['step_seconds']:.1f}× without checkpointing" in README
     assert "train_step_error" in load("gpu_step_h100_full_ckpt_mb2_oom.json")
 
 

@@ -69,3 +69,32 @@ def test_weight_hash_is_stable_ignores_adapters_and_sees_weight_changes(tiny_qwe
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(2.0)
     assert weight_hash(model) != base_hash
+
+
+@pytest.mark.parametrize("layers, recomputed", [(None, {0, 1, 2, 3}), (1, {0}), (0, set())])
+def test_checkpointing_the_first_layers_recomputes_only_those(tiny_qwen3, layers, recomputed):
+    from vhack.grpo import token_logprobs
+    from vhack.models import enable_gradient_checkpointing
+    model, _ = load_model(ModelSpec(str(tiny_qwen3)))
+    adapter = attach_adapter(model, AdapterConfig(kind="lora", lora_rank=4, lora_b_init_std=0.02))
+    ids = torch.randint(3, 250, (2, 10), generator=torch.Generator().manual_seed(0))
+
+    def grads_and_calls():
+        calls = []
+        hooks = [layer.register_forward_pre_hook(lambda m, a, i=i: calls.append(i))
+                 for i, layer in enumerate(model.model.layers)]
+        for p in adapter.params.values():
+            p.grad = None
+        token_logprobs(model, ids, torch.ones_like(ids)).sum().backward()
+        for h in hooks:
+            h.remove()
+        return torch.cat([p.grad.view(-1) for p in adapter.params.values()]), calls
+
+    model.train()
+    plain, plain_calls = grads_and_calls()
+    assert model.config.num_hidden_layers == 4 and plain_calls == [0, 1, 2, 3]
+    assert enable_gradient_checkpointing(model, layers) == len(recomputed)
+    model.train()
+    grads, calls = grads_and_calls()
+    assert {i for i in calls if calls.count(i) == 2} == recomputed     # a checkpointed layer runs forward twice
+    torch.testing.assert_close(grads, plain)

@@ -88,7 +88,8 @@ def out_of_memory_hint(compute: ComputeSpec, rollout: RolloutSpec) -> str:
     peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else math.nan
     return (f"out of GPU memory (peak {peak:.1f} of {total:.1f} GiB): lower compute.micro_batch_size "
             f"(now {compute.micro_batch_size}), set compute.gradient_checkpointing: true (now "
-            f"{compute.gradient_checkpointing}), or lower rollout.batch_size (rows generated at "
+            f"{compute.gradient_checkpointing}) with compute.checkpoint_layers: null, i.e. all (now "
+            f"{compute.checkpoint_layers}), or lower rollout.batch_size (rows generated at "
             f"once, now {rollout.options.get('batch_size', 64)}); config/presets/fast_24gb.yaml is a 24 GB setting")
 
 
@@ -100,6 +101,7 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     `tracking` (the config's tracking: section) picks the live trackers; `targets` are the job's
     outputs, for the rebuild command in run.json.
     """
+    from .models import enable_gradient_checkpointing
     from .problems import read_problems
     from .rollout import make_backend
     from .tracking import TrackingConfig, open_tracker
@@ -111,7 +113,7 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
     torch.manual_seed(run.seed)
     model, tokenizer, adapter = load_student(run.student, run.adapter)
     if compute.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model, compute.checkpoint_layers)
     problems = read_problems(inputs["problems"], split="train")
     modes = run.loopholes.assigned_modes(problems)
     problems = [p for p in problems if modes[p.id] in cfg.train_modes]

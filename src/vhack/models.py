@@ -99,6 +99,17 @@ def merge_lora(model: PreTrainedModel, adapter_dir: str) -> PreTrainedModel:
     return peft_model.merge_and_unload()
 
 
+def enable_gradient_checkpointing(model: PreTrainedModel, layers: int | None = None) -> int:
+    """Recompute decoder layers in the backward instead of keeping their activations: all of them, or the
+    first `layers` (the rest keep theirs: memory between the two, less recompute). Returns the count."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    decoder = model.get_decoder().layers
+    n = len(decoder) if layers is None else min(layers, len(decoder))
+    for layer in list(decoder)[n:]:
+        layer.gradient_checkpointing = False
+    return n
+
+
 def ensure_distinct_pad(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Give the tokenizer a pad token distinct from EOS (padding must never read as a stop)."""
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:

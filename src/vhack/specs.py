@@ -243,6 +243,7 @@ class ComputeSpec:
 
     micro_batch_size: int = 32
     gradient_checkpointing: bool = False   # recompute each layer in the backward: far less GPU memory
+    checkpoint_layers: int | None = None   # with it: only the first N decoder layers (null: all)
     progress: bool = True
     grader_workers: int | None = None
 

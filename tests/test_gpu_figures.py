@@ -46,20 +46,24 @@ def test_fast_preset_uses_the_measured_memory_setting():
 
 
 def test_readme_side_by_side_h100_figures_match_the_results():
-    fast, small, trl = (load(f) for f in ("gpu_step_h100_fast_ckpt18_mb4.json", "gpu_step_h100_fast_24gb.json",
-                                          "trl_step_h100_fast.json"))
-    assert fast["device"] == small["device"] == trl["device"] == "NVIDIA H100 80GB HBM3"
+    fast, trl = (load(f) for f in ("gpu_step_h100_fast_ckpt18_mb4_same_host.json", "trl_step_h100_fast_same_host.json"))
+    assert fast["device"] == trl["device"] == "NVIDIA H100 80GB HBM3" and fast["ckpt_layers"] == 18
+    assert f"| {fast['step_seconds']:.2f} s | {fast['steps_peak_gb']:.1f} GiB |" in README
+    assert f"| {trl['trl_step_s']:.2f} s | {trl['trl_peak_gb']:.1f} GiB |" in README
+    assert f"on one host the fast preset's step is {trl['trl_step_s'] / fast['step_seconds']:.1f}× TRL's" in README
+    earlier_trl, small = load("trl_step_h100_fast.json"), load("gpu_step_h100_fast_24gb.json")
+    flat = README.replace("\n", " ")
+    assert f"TRL's earlier run at {earlier_trl['trl_step_s']:.2f} s a step" in flat
     for name in ("gpu_step_h100_fast_ckpt18_mb4.json", "gpu_step_h100_fast_nockpt_mb4.json",
                  "gpu_step_h100_fast_ckpt_mb8.json"):
         r = load(name)
         assert r["device"] == fast["device"]
         assert f"| {r['step_seconds']:.2f} s | {r['steps_peak_gb']:.1f} GiB |" in README
+    preset, nockpt = load("gpu_step_h100_fast_ckpt18_mb4.json"), load("gpu_step_h100_fast_nockpt_mb4.json")
+    assert (f"{earlier_trl['trl_step_s']:.2f} s: {earlier_trl['trl_step_s'] / preset['step_seconds']:.1f}×, and "
+            f"{earlier_trl['trl_step_s'] / nockpt['step_seconds']:.1f}× without checkpointing") in flat
     assert f"| {small['step_seconds']:.2f} s | {small['steps_peak_gb']:.1f} GiB |" in README and small["steps_peak_gb"] <= 24
     assert f"{small['steps_peak_gb']:.1f} GiB on the H100 above" in README
-    assert f"| {trl['trl_step_s']:.2f} s | {trl['trl_peak_gb']:.1f} GiB |" in README
-    assert f"{trl['trl_step_s'] / fast['step_seconds']:.1f}× TRL's" in README
-    nockpt = load("gpu_step_h100_fast_nockpt_mb4.json")
-    assert f"{trl['trl_step_s'] / nockpt['step_seconds']:.1f}× without checkpointing" in README
     assert "train_step_error" in load("gpu_step_h100_full_ckpt_mb2_oom.json")
 
 

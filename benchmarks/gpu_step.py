@@ -400,8 +400,8 @@ def main() -> None:
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                "torch": torch.__version__, "transformers": transformers.__version__,
                                "sizes": dataclasses.asdict(sizes), "regime": args.regime,
-                               "grad_ckpt": args.grad_ckpt, "ckpt_layers": args.ckpt_layers, "parts": sorted(parts), "adapter": args.adapter,
-                               "plain_rollout": args.plain_rollout}
+                               "grad_ckpt": args.grad_ckpt, "ckpt_layers": args.ckpt_layers, "parts": sorted(parts),
+                               "adapter": args.adapter, "plain_rollout": args.plain_rollout}
     out_dir = Path(args.out or os.environ.get("OUT") or Path(__file__).resolve().parent / "out")
     pairs = list(load_pair_set(PAIRS).pairs)[: sizes.n_pairs]
     tokenizer = build_tokenizer(pairs)

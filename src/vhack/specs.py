@@ -244,6 +244,7 @@ class ComputeSpec:
     micro_batch_size: int = 32
     gradient_checkpointing: bool = False   # recompute each layer in the backward: far less GPU memory
     checkpoint_layers: int | None = None   # with it: only the first N decoder layers (null: all)
+    fused_kernels: bool = True             # vhack.train_kernels in the backward (CUDA with Triton; else ignored)
     progress: bool = True
     grader_workers: int | None = None
 

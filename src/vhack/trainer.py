@@ -29,6 +29,7 @@ from .projection import ProjectionConfig, hackward_fraction, project_gradients_,
 from .grader import GRADE_FIELDS
 from .samples import read_samples, step_samples, write_samples
 from .specs import ComputeSpec
+from .train_kernels import training_kernels
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class RunContext:
     basis: Any | None                  # vhack.basis.Basis
     refresh: Any | None = None         # callable(model, tokenizer, adapter) -> Basis
     micro_batch: int = ComputeSpec.micro_batch_size
+    fused_kernels: bool = ComputeSpec.fused_kernels     # vhack.train_kernels in the backward (CUDA)
     enable_thinking: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions
@@ -210,12 +212,13 @@ def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[
     teacher = torch.nonzero(batch.off_policy).squeeze(1)
     stats = {"loss": 0.0, "kl": 0.0}
     g_student: dict[str, torch.Tensor] = {}
-    for part, is_student in ((student, True), (teacher, False)):
-        if len(part):
-            out = backward_rows(ctx.model, batch.rows(part), ctx.cfg, denominator, ctx.micro_batch, ref)
-            stats = {k: stats[k] + out[k] for k in stats}
-        if is_student:
-            g_student = {n: g.detach().clone() for n, g in ctx.adapter.flat_grads().items()}
+    with training_kernels(ctx.model, ctx.fused_kernels):
+        for part, is_student in ((student, True), (teacher, False)):
+            if len(part):
+                out = backward_rows(ctx.model, batch.rows(part), ctx.cfg, denominator, ctx.micro_batch, ref)
+                stats = {k: stats[k] + out[k] for k in stats}
+            if is_student:
+                g_student = {n: g.detach().clone() for n, g in ctx.adapter.flat_grads().items()}
     g_all = ctx.adapter.flat_grads()
     g_teacher = {n: g_all[n] - g_student[n] for n in g_all}
     return g_student, g_teacher, stats

@@ -37,34 +37,60 @@ def test_readme_generation_figures_match_the_results():
 
 
 def test_fast_preset_uses_the_measured_memory_setting():
-    r = load("gpu_step_h100_fast_ckpt18_mb4.json")
+    r = load("gpu_step_h100_fast_kernels_ckpt18_mb4.json")
     compute = yaml.safe_load((ROOT / "config/presets/fast.yaml").read_text())["compute"]
     assert compute["gradient_checkpointing"] is r["grad_ckpt"] is True
+    assert compute["fused_kernels"] is r["fused_kernels"] is True
     assert 0 < compute["checkpoint_layers"] == r["ckpt_layers"] < 36      # of Qwen3-4B's 36 layers
     assert compute["micro_batch_size"] == r["sizes"]["micro_batch"]
     assert r["steps_peak_gb"] <= 40
 
 
+def row(r):
+    return f"| {r['step_seconds']:.2f} s | {r['steps_peak_gb']:.1f} GiB |"
+
+
 def test_readme_side_by_side_h100_figures_match_the_results():
-    fast, trl = (load(f) for f in ("gpu_step_h100_fast_ckpt18_mb4_same_host.json", "trl_step_h100_fast_same_host.json"))
-    assert fast["device"] == trl["device"] == "NVIDIA H100 80GB HBM3" and fast["ckpt_layers"] == 18
-    assert f"| {fast['step_seconds']:.2f} s | {fast['steps_peak_gb']:.1f} GiB |" in README
-    assert f"| {trl['trl_step_s']:.2f} s | {trl['trl_peak_gb']:.1f} GiB |" in README
-    assert f"on one host the fast preset's step is {trl['trl_step_s'] / fast['step_seconds']:.1f}× TRL's" in README
-    earlier_trl, small = load("trl_step_h100_fast.json"), load("gpu_step_h100_fast_24gb.json")
+    fast, trl = load("gpu_step_h100_fast_kernels_same_host.json"), load("trl_step_h100_fast_kernels_same_host.json")
+    before, trl_before = (load(f) for f in ("gpu_step_h100_fast_ckpt18_mb4_same_host.json",
+                                           "trl_step_h100_fast_same_host.json"))
+    other, earlier_trl = load("gpu_step_h100_fast_kernels_ckpt18_mb4.json"), load("trl_step_h100_fast.json")
+    for r in (fast, before, other):
+        assert r["device"] == trl["device"] == "NVIDIA H100 80GB HBM3" and r["ckpt_layers"] == 18
+        assert row(r) in README
+    assert fast["fused_kernels"] and other["fused_kernels"] and "fused_kernels" not in before
+    for t in (trl, trl_before):
+        assert f"| {t['trl_step_s']:.2f} s | {t['trl_peak_gb']:.1f} GiB |" in README
     flat = README.replace("\n", " ")
-    assert f"TRL's earlier run at {earlier_trl['trl_step_s']:.2f} s a step" in flat
+    assert f"on one host the fast preset's step is {trl['trl_step_s'] / fast['step_seconds']:.1f}× TRL's" in flat
+    assert (f"({trl_before['trl_step_s']:.2f} to {trl['trl_step_s']:.2f} s against {other['step_seconds']:.2f} to "
+            f"{fast['step_seconds']:.2f} s)") in flat
+    assert f"the ratio was {trl_before['trl_step_s'] / before['step_seconds']:.1f}× before the training kernels" in flat
+    assert f"TRL's earliest run at {earlier_trl['trl_step_s']:.2f} s a step" in flat
     for name in ("gpu_step_h100_fast_ckpt18_mb4.json", "gpu_step_h100_fast_nockpt_mb4.json",
                  "gpu_step_h100_fast_ckpt_mb8.json"):
         r = load(name)
-        assert r["device"] == fast["device"]
-        assert f"| {r['step_seconds']:.2f} s | {r['steps_peak_gb']:.1f} GiB |" in README
-    preset, nockpt = load("gpu_step_h100_fast_ckpt18_mb4.json"), load("gpu_step_h100_fast_nockpt_mb4.json")
-    assert (f"{earlier_trl['trl_step_s']:.2f} s: {earlier_trl['trl_step_s'] / preset['step_seconds']:.1f}×, and "
-            f"{earlier_trl['trl_step_s'] / nockpt['step_seconds']:.1f}× without checkpointing") in flat
-    assert f"| {small['step_seconds']:.2f} s | {small['steps_peak_gb']:.1f} GiB |" in README and small["steps_peak_gb"] <= 24
+        assert r["device"] == fast["device"] and row(r) in README
+    small = load("gpu_step_h100_fast_24gb.json")
+    assert row(small) in README and small["steps_peak_gb"] <= 24
     assert f"{small['steps_peak_gb']:.1f} GiB on the H100 above" in README
     assert "train_step_error" in load("gpu_step_h100_full_ckpt_mb2_oom.json")
+
+
+def test_readme_backward_table_matches_the_results():
+    r = load("backward_step_h100.json")
+    assert r["device"] == "NVIDIA H100 80GB HBM3" and r["rows"] == 64 and r["tokens_per_row"] == 1024
+    labels = {"k:0,ckpt:18,mb:4": "HF's eager ops, micro-batch 4, 18 layers checkpointed",
+              "k:1,ckpt:18,mb:4": "training kernels, same (the fast preset)",
+              "k:1,ckpt:0,mb:4": "training kernels, no checkpointing",
+              "k:1,ckpt:9,mb:4": "training kernels, 9 layers checkpointed",
+              "k:1,ckpt:36,mb:8": "training kernels, micro-batch 8, every layer checkpointed"}
+    for setting, label in labels.items():
+        assert f"| {label} | {r[setting]['seconds']:.2f} s | {r[setting]['peak_gb']:.1f} GiB |" in README
+    exact = load("backward_step_h100_fp32_reference.json")
+    flat = README.replace("\n", " ")
+    assert (f"relative difference {exact['k:1,ckpt:18,mb:4']['fp32_rel_diff']:.2%} against "
+            f"{exact['k:0,ckpt:18,mb:4']['fp32_rel_diff']:.2%}") in flat
 
 
 def test_full_preset_is_the_measured_full_step():

@@ -119,7 +119,8 @@ def test_backward_benchmark_runs_on_cpu_and_its_settings_agree(tmp_path):
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+           "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, str(root / "benchmarks/backward_step.py"), "--tiny", "--reps", "1",
                            "--settings", "k:0,ckpt:0,mb:8 k:1,ckpt:1,mb:2", "--out", str(tmp_path)],
                           env=env, capture_output=True, text=True)

@@ -17,35 +17,42 @@ def _rnd(x, like):
 
 
 @triton.jit
-def _row(P, row, n, BLOCK: tl.constexpr):
-    """Row `row` of a contiguous [N, n] tensor as fp32 [BLOCK], zero past n."""
-    cols = tl.arange(0, BLOCK)
-    return tl.load(P + row * n + cols, mask=cols < n, other=0.0).to(tl.float32)
+def _block(P, first, N, n, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows first..first+ROWS of a contiguous [N, n] tensor as fp32 [ROWS, BLOCK] (zero outside) and their offsets."""
+    at = (first + tl.arange(0, ROWS))[:, None] * n + tl.arange(0, BLOCK)[None, :]
+    keep = ((first + tl.arange(0, ROWS)) < N)[:, None] & (tl.arange(0, BLOCK) < n)[None, :]
+    return tl.load(P + at, mask=keep, other=0.0).to(tl.float32), at, keep
 
 
 @triton.jit
-def _store_row(P, row, n, value, BLOCK: tl.constexpr):
-    cols = tl.arange(0, BLOCK)
-    tl.store(P + row * n + cols, value.to(P.dtype.element_ty), mask=cols < n)
+def _rms_norm_fwd(X, W, Y, Rstd, N, n, eps, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    first = tl.program_id(0).to(tl.int64) * ROWS
+    x, at, keep = _block(X, first, N, n, ROWS, BLOCK)
+    w, _, _ = _block(W, 0, 1, n, 1, BLOCK)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n + eps)                          # [ROWS]
+    tl.store(Y + at, (w * _rnd(x * rstd[:, None], X)).to(Y.dtype.element_ty), mask=keep)
+    tl.store(Rstd + first + tl.arange(0, ROWS), rstd, mask=(first + tl.arange(0, ROWS)) < N)
 
 
 @triton.jit
-def _rms_norm_fwd(X, W, Y, Rstd, n, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x = _row(X, row, n, BLOCK)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n + eps)
-    _store_row(Y, row, n, _row(W, 0, n, BLOCK) * _rnd(x * rstd, X), BLOCK)
-    tl.store(Rstd + row, rstd)
-
-
-@triton.jit
-def _rms_norm_bwd(X, W, G, Rstd, DX, n, BLOCK: tl.constexpr):
+def _rms_norm_bwd(X, W, G, Rstd, DX, N, n, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """y = w · rnd(x̂), x̂ = x · rstd: dx = rstd · (ĝ − x̂ · mean(ĝ · x̂)) with ĝ = rnd(g · w)."""
-    row = tl.program_id(0).to(tl.int64)
-    rstd = tl.load(Rstd + row)
-    x_hat = _row(X, row, n, BLOCK) * rstd
-    g_hat = _rnd(_row(G, row, n, BLOCK) * _row(W, 0, n, BLOCK), X)
-    _store_row(DX, row, n, rstd * (g_hat - x_hat * (tl.sum(g_hat * x_hat, axis=0) / n)), BLOCK)
+    first = tl.program_id(0).to(tl.int64) * ROWS
+    x, at, keep = _block(X, first, N, n, ROWS, BLOCK)
+    g, _, _ = _block(G, first, N, n, ROWS, BLOCK)
+    w, _, _ = _block(W, 0, 1, n, 1, BLOCK)
+    rstd = tl.load(Rstd + first + tl.arange(0, ROWS), mask=(first + tl.arange(0, ROWS)) < N, other=0.0)[:, None]
+    x_hat = x * rstd
+    g_hat = _rnd(g * w, X)
+    dx = rstd * (g_hat - x_hat * (tl.sum(g_hat * x_hat, axis=1) / n)[:, None])
+    tl.store(DX + at, dx.to(DX.dtype.element_ty), mask=keep)
+
+
+def _rms_grid(rows: Tensor) -> tuple[tuple[int], int, int]:
+    """Programs, rows per program and block width: ~4,096 elements a program (many short per-head rows)."""
+    block = triton.next_power_of_2(rows.shape[1])
+    per_program = max(1, 4096 // block)
+    return (triton.cdiv(rows.shape[0], per_program),), per_program, block
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -57,10 +64,10 @@ class RMSNormFunction(torch.autograd.Function):
         rows = x.reshape(-1, n).contiguous()                                 # [N, n]
         y = torch.empty(rows.shape, device=x.device, dtype=torch.promote_types(weight.dtype, x.dtype))
         rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
-        block = triton.next_power_of_2(n)
-        _rms_norm_fwd[(rows.shape[0],)](rows, weight, y, rstd, n, eps, BLOCK=block)
+        grid, per_program, block = _rms_grid(rows)
+        _rms_norm_fwd[grid](rows, weight, y, rstd, rows.shape[0], n, eps, ROWS=per_program, BLOCK=block)
         ctx.save_for_backward(rows, weight, rstd)
-        ctx.shape, ctx.block = x.shape, block
+        ctx.shape = x.shape
         return y.view(x.shape)
 
     @staticmethod
@@ -68,7 +75,8 @@ class RMSNormFunction(torch.autograd.Function):
         rows, weight, rstd = ctx.saved_tensors
         g = grad.reshape(rows.shape).contiguous()
         dx = torch.empty_like(rows)
-        _rms_norm_bwd[(rows.shape[0],)](rows, weight, g, rstd, dx, rows.shape[1], BLOCK=ctx.block)
+        grid, per_program, block = _rms_grid(rows)
+        _rms_norm_bwd[grid](rows, weight, g, rstd, dx, rows.shape[0], rows.shape[1], ROWS=per_program, BLOCK=block)
         dw = None
         if ctx.needs_input_grad[1]:
             normed = (rows.float() * rstd[:, None]).to(rows.dtype).float()

@@ -227,10 +227,11 @@ def test_oracle_errors_count_in_neither_hack_nor_solve_rate():
 def test_out_of_memory_hint_names_each_knob_with_its_value():
     from vhack.jobs import out_of_memory_hint
     from vhack.specs import ComputeSpec, RolloutSpec
-    hint = out_of_memory_hint(ComputeSpec(micro_batch_size=8, checkpoint_layers=18),
+    hint = out_of_memory_hint(ComputeSpec(micro_batch_size=8, checkpoint_layers=18, fused_kernels=False),
                               RolloutSpec("hf", {"batch_size": 64}))
     assert "compute.micro_batch_size (now 8)" in hint
     assert "compute.gradient_checkpointing: true (now False)" in hint
     assert "compute.checkpoint_layers: null, i.e. all (now 18)" in hint
+    assert "compute.fused_kernels: true (now False" in hint
     assert "rollout.batch_size" in hint and "now 64" in hint
     assert "config/presets/fast_24gb.yaml" in hint

@@ -89,7 +89,8 @@ def out_of_memory_hint(compute: ComputeSpec, rollout: RolloutSpec) -> str:
     return (f"out of GPU memory (peak {peak:.1f} of {total:.1f} GiB): lower compute.micro_batch_size "
             f"(now {compute.micro_batch_size}), set compute.gradient_checkpointing: true (now "
             f"{compute.gradient_checkpointing}) with compute.checkpoint_layers: null, i.e. all (now "
-            f"{compute.checkpoint_layers}), or lower rollout.batch_size (rows generated at "
+            f"{compute.checkpoint_layers}), set compute.fused_kernels: true (now {compute.fused_kernels}; "
+            f"they save bf16 inputs, not fp32 copies), or lower rollout.batch_size (rows generated at "
             f"once, now {rollout.options.get('batch_size', 64)}); config/presets/fast_24gb.yaml is a 24 GB setting")
 
 

@@ -17,7 +17,6 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .fastgen import RMS_NORMS, SILU
 
 
 def available(model: nn.Module) -> bool:
@@ -36,6 +35,7 @@ def training_kernels(model: nn.Module, enabled: bool = True) -> Iterator[None]:
         yield
         return
     from . import train_kernels_triton as ops
+    from .fastgen import RMS_NORMS, SILU
     norms = [m for m in model.modules() if type(m).__name__ in RMS_NORMS]
     mlps = [m for m in model.modules() if all(hasattr(m, p) for p in ("gate_proj", "up_proj", "down_proj"))
             and type(getattr(m, "act_fn", None)).__name__ in SILU]

@@ -5,10 +5,12 @@
   PYTHONPATH=src python benchmarks/backward_step.py --settings k:1,ckpt:18,mb:4 --profile
 
 The fast preset's backward: 16 prompts x G = 4 rows of 512 prompt + 512 completion tokens, half of them
-teacher rows, every advantage non-zero. A setting is `k:<0|1>` (vhack.train_kernels off/on), `ckpt:<layers
-checkpointed, 0 = none>`, `mb:<rows per micro-batch>`. Per setting: seconds per backward (the mean of
---reps after one warm-up), peak GiB (weights, factors and merged weights included), and the gradient's
-relative difference from the first setting's. Figures to $OUT/backward_step.json (else benchmarks/out/).
+teacher rows, every advantage non-zero; student rows then teacher rows, as the trainer runs them. A setting
+is `k:<0|1>` (vhack.train_kernels off/on), `ckpt:<layers checkpointed, 0 = none>`, `mb:<rows per
+micro-batch>`, `share:<0|1>` (a group's rows run their prompt once: compute.share_prompts; default 1). Per
+setting: seconds per backward (the mean of --reps after one warm-up), peak GiB (weights, factors and merged
+weights included), and the gradient's relative difference from the first setting's. Figures to
+$OUT/backward_step.json (else benchmarks/out/).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from vhack.train_kernels import training_kernels
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_step import QWEN3_4B, TINY, stand_in_factors  # noqa: E402
 
-DEFAULT_SETTINGS = "k:0,ckpt:18,mb:4 k:1,ckpt:18,mb:4 k:1,ckpt:0,mb:4 k:1,ckpt:9,mb:4 k:1,ckpt:36,mb:8"
+DEFAULT_SETTINGS = ("k:0,ckpt:18,mb:4,share:0 k:1,ckpt:18,mb:4,share:0 k:1,ckpt:18,mb:4 k:1,ckpt:9,mb:4 "
+                    "k:1,ckpt:0,mb:4 k:1,ckpt:36,mb:8")
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,11 +55,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def parse_setting(text: str) -> dict[str, int]:
-    setting = {"k": 1, "ckpt": 0, "mb": 4}
+    setting = {"k": 1, "ckpt": 0, "mb": 4, "share": 1}
     for item in text.split(","):
         key, value = item.split(":")
         if key not in setting:
-            raise SystemExit(f"setting {text!r}: unknown key {key!r}; expected k, ckpt, mb")
+            raise SystemExit(f"setting {text!r}: unknown key {key!r}; expected k, ckpt, mb, share")
         setting[key] = int(value)
     return setting
 
@@ -80,6 +83,7 @@ def make_rows(tiny: bool, vocab: int, rows: int | None) -> Batch:
     rows = rows or (8 if tiny else 64)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, vocab, (rows, prompt + completion), generator=g)
+    ids[:, :prompt] = ids[torch.arange(rows) // 4 * 4, :prompt]   # G = 4 rows per prompt
     completion_mask = torch.zeros(rows, prompt + completion - 1)
     completion_mask[:, prompt - 1:] = 1.0
     advantages = torch.where(torch.arange(rows) % 2 == 0, 0.5, -0.5)
@@ -98,7 +102,9 @@ def run_backward(model, adapter, batch: Batch, cfg: TrainConfig, setting: dict) 
         p.grad = None
     with training_kernels(model, enabled=bool(setting["k"])):
         start = time.perf_counter()
-        backward_rows(model, batch, cfg, float(len(batch) * cfg.max_new_tokens), setting["mb"])
+        for part in (~batch.off_policy, batch.off_policy):   # student rows, then teacher rows
+            backward_rows(model, batch.rows(torch.nonzero(part).squeeze(1)), cfg,
+                          float(len(batch) * cfg.max_new_tokens), setting["mb"], share_prompts=bool(setting["share"]))
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

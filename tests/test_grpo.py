@@ -1,5 +1,7 @@
 """GRPO pieces: advantages, the loss and its aggregations, KL at the reference point."""
 
+import math
+
 import pytest
 import torch
 
@@ -155,11 +157,9 @@ def five_row_setup(tiny_qwen3, advantages, **settings):
     return model, adapter, batch, cfg, grad_of, one_padded_pass
 
 
-def test_length_sorted_trimmed_micro_batches_match_one_padded_pass(tiny_qwen3):
+def test_micro_batches_match_one_padded_pass(tiny_qwen3):
     from vhack.grpo import backward_rows
     model, _, batch, cfg, grad_of, one_padded_pass = five_row_setup(tiny_qwen3, [1.0, -0.5, 0.3, -1.2, 0.4])
-    assert batch.by_length().attention_mask.sum(1).tolist() == [12, 9, 8, 5, 3]
-    assert batch.by_length().rows(slice(4, 5)).trimmed().input_ids.shape == (1, 3)
     full, g_full = grad_of(one_padded_pass)
     micro, g_micro = grad_of(lambda: backward_rows(model, batch, cfg, 17.0, micro_batch=2))
     assert micro["loss"] == pytest.approx(full["loss"], rel=1e-5)
@@ -176,9 +176,95 @@ def test_zero_advantage_rows_skip_the_backward_unless_kl_needs_them(tiny_qwen3, 
                                       with_kwargs=True)
     full, g_full = grad_of(one_padded_pass)
     seen.clear()
-    ref = (lambda mb: torch.zeros(mb.input_ids.shape[0], mb.input_ids.shape[1] - 1)) if beta_kl else None
+    ref = (lambda mb: torch.zeros(len(mb.targets))) if beta_kl else None
     micro, g_micro = grad_of(lambda: backward_rows(model, batch, cfg, 17.0, micro_batch=2, ref_logprobs=ref))
     assert sum(seen) == rows_forwarded
     if not beta_kl:   # rows with A = 0 add exactly nothing to the policy loss or its gradient
         assert micro["loss"] == pytest.approx(full["loss"], rel=1e-5)
         torch.testing.assert_close(g_micro, g_full, rtol=1e-4, atol=1e-7)
+
+
+def shared_prompt_setup(tiny_qwen3, **settings):
+    """Nine rows on three prompts (uneven completions, student and teacher rows mixed): (model, batch, cfg,
+    grad_of, the one-padded-pass loss and gradient as written, backward_rows' loss and gradient by kwargs)."""
+    from vhack.grpo import backward_rows
+    model, adapter, _, cfg, grad_of, _ = five_row_setup(tiny_qwen3, [0.0] * 5, **settings)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 250, (n,), generator=gen).tolist() for n in (7, 5, 9)]
+    lengths = (2, 7, 1, 4, 3, 6, 5, 2, 8)
+    batch = make_batch([prompts[i % 3] for i in range(9)],
+                       [torch.randint(3, 250, (n,), generator=gen).tolist() for n in lengths],
+                       [i - 4.3 for i in range(9)], [i % 2 == 0 for i in range(9)], pad_id=0)
+
+    def padded():
+        logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+        loss = (policy_token_loss(logp, logp.detach(), batch.advantages, batch.off_policy, cfg.clip_eps)
+                * batch.completion_mask).sum() / 17.0
+        loss.backward()
+        return {"loss": loss.item()}
+    full = grad_of(padded)
+    return model, batch, cfg, grad_of, full, lambda **kw: grad_of(lambda: backward_rows(model, batch, cfg, 17.0, **kw))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_rows_sharing_a_prompt_run_it_once_with_the_same_gradient(tiny_qwen3, attention):
+    model, batch, _, _, (full, g_full), backward = shared_prompt_setup(tiny_qwen3)
+    model.config._attn_implementation = attention
+    widths = []
+    model.model.register_forward_hook(lambda m, args, kwargs, out: widths.append(kwargs["input_ids"].shape),
+                                      with_kwargs=True)
+    packed, g_packed = backward(micro_batch=3)
+    assert packed["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    torch.testing.assert_close(g_packed, g_full, rtol=1e-4, atol=1e-7)
+    # three packs of three rows, one per micro-batch: the prompt once, then per row its last token + completion
+    assert [w[0] for w in widths] == [1, 1, 1]
+    assert sorted(w[1] for w in widths) == [19, 20, 26]
+
+
+def test_unshared_rows_and_micro_batch_bounds(tiny_qwen3):
+    *_, (full, g_full), backward = shared_prompt_setup(tiny_qwen3)
+    for kwargs in (dict(micro_batch=2), dict(micro_batch=9, share_prompts=False), dict(micro_batch=1)):
+        out, g = backward(**kwargs)
+        assert out["loss"] == pytest.approx(full["loss"], rel=1e-5), kwargs
+        torch.testing.assert_close(g, g_full, rtol=1e-4, atol=1e-7)
+
+
+def test_kl_of_packed_rows_matches_the_padded_rows(tiny_qwen3):
+    from vhack.grpo import completion_logprobs
+    model, batch, cfg, grad_of, _, backward = shared_prompt_setup(tiny_qwen3, beta_kl=0.5)
+    mask = batch.completion_mask
+
+    def padded():   # the reference 0.1 above the policy's own log-probs, token by token
+        logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+        kl = kl_k3(logp, logp.detach() + 0.1)
+        loss = ((policy_token_loss(logp, logp.detach(), batch.advantages, batch.off_policy, cfg.clip_eps)
+                 + 0.5 * kl) * mask).sum() / 17.0
+        loss.backward()
+        return {"kl": float((kl.detach() * mask).sum()) / 17.0}
+    full, g_full = grad_of(padded)
+
+    def ref(mb):
+        with torch.no_grad():
+            return completion_logprobs(model, mb) + 0.1
+    out, g = backward(micro_batch=3, ref_logprobs=ref)
+    assert out["kl"] == pytest.approx(full["kl"], rel=1e-4)
+    assert full["kl"] == pytest.approx(float(mask.sum()) * (math.exp(0.1) - 1.1) / 17.0, rel=1e-4)
+    torch.testing.assert_close(g, g_full, rtol=1e-4, atol=1e-7)
+
+
+def test_pack_rows_keeps_long_completions_apart_when_attention_costs_more():
+    from vhack.grpo import pack_attention_mask, pack_rows
+    long = make_batch([[5, 6]] * 3, [[7] * 40, [8] * 40, [9] * 40], [1.0, -1.0, 0.5], [False] * 3, pad_id=0)
+    assert [len(p.completions) for p in pack_rows(long, max_rows=4, pair_cost=0.0)] == [3]
+    assert [len(p.completions) for p in pack_rows(long, max_rows=2, pair_cost=0.0)] == [2, 1]
+    assert [len(p.completions) for p in pack_rows(long, max_rows=4, pair_cost=0.05)] == [1, 1, 1]
+    short = make_batch([[5] * 40] * 3, [[7, 8]] * 3, [1.0, -1.0, 0.5], [False] * 3, pad_id=0)
+    assert [len(p.completions) for p in pack_rows(short, max_rows=4, pair_cost=0.05)] == [3]
+    mask = pack_attention_mask(torch.tensor([[0, 0, 1, 1, 2, 2, -1]]))[0, 0].int().tolist()
+    assert mask == [[1, 0, 0, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0, 0, 0],
+                    [1, 1, 1, 0, 0, 0, 0],
+                    [1, 1, 1, 1, 0, 0, 0],
+                    [1, 1, 0, 0, 1, 0, 0],
+                    [1, 1, 0, 0, 1, 1, 0],
+                    [0, 0, 0, 0, 0, 0, 1]]

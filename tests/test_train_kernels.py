@@ -122,10 +122,34 @@ def test_backward_benchmark_runs_on_cpu_and_its_settings_agree(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
            "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, str(root / "benchmarks/backward_step.py"), "--tiny", "--reps", "1",
-                           "--settings", "k:0,ckpt:0,mb:8 k:1,ckpt:1,mb:2", "--out", str(tmp_path)],
+                           "--settings", "k:0,ckpt:0,mb:8,share:0 k:1,ckpt:1,mb:2", "--out", str(tmp_path)],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "backward_step.json").read_text())
-    first, second = results["k:0,ckpt:0,mb:8"], results["k:1,ckpt:1,mb:2"]
+    first, second = results["k:0,ckpt:0,mb:8,share:0"], results["k:1,ckpt:1,mb:2"]
     assert first["grad_rel_diff"] == 0 and first["seconds"] > 0
-    assert second["grad_rel_diff"] < 1e-5   # micro-batches and checkpointing only reorder sums
+    assert second["grad_rel_diff"] < 1e-5   # micro-batches, checkpointing and shared prompts only reorder sums
+
+
+@cuda
+def test_rows_sharing_a_prompt_through_the_kernels_match_separate_rows():
+    """The packed layout's per-row positions and segment mask, through the Triton rotary and SDPA on CUDA."""
+    pytest.importorskip("triton")
+    from vhack.grpo import TrainConfig, backward_rows, make_batch
+    model = small_qwen3("cuda", torch.float32).train()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 320, (n,), generator=gen).tolist() for n in (30, 17)]
+    batch = make_batch([prompts[i % 2] for i in range(6)],
+                       [torch.randint(1, 320, (n,), generator=gen).tolist() for n in (9, 20, 5, 14, 11, 3)],
+                       [0.5, -1.0, 0.25, 1.0, -0.5, 0.75], [False] * 6, pad_id=0)
+    cfg = TrainConfig(student="s", adapter="a", problem_set="p", teacher=None, train_modes=(), steps=1,
+                      prompts_per_step=2, group_size=3, mix=0.0, lr=1.0)
+
+    def grads(share: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        with training_kernels(model, enabled=share):
+            backward_rows(model, batch, cfg, 60.0, micro_batch=6, share_prompts=share)
+        return {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    separate, packed = grads(False), grads(True)
+    for name in separate:
+        torch.testing.assert_close(packed[name], separate[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -104,24 +104,28 @@ LOGPROB_CHUNK = 2048  # positions per lm_head + log-softmax chunk: [2048, V] fp3
 
 
 def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, chunk: int = LOGPROB_CHUNK) -> Tensor:
-    """log π(x_t | x_<t) for t ≥ 1: [B, T] ids → [B, T-1] log-probs (fp32).
+    """log π(x_t | x_<t) for t ≥ 1: [B, T] ids → [B, T-1] log-probs (fp32)."""
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    targets = input_ids[:, 1:]
+    return head_logprobs(model.lm_head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
+                         chunk).view(targets.shape)
+
+
+def head_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, chunk: int = LOGPROB_CHUNK) -> Tensor:
+    """[N, H] hidden states, [N] targets -> [N] log-probs (fp32).
 
     The lm_head and log-softmax run on `chunk` positions at a time and are recomputed in the backward
-    (checkpointed), so the [B, T, V] fp32 logits (2.5 GB at 4 x 1,024 tokens of Qwen3) never exist whole.
+    (checkpointed), so the [N, V] fp32 logits (2.5 GB at 4 x 1,024 tokens of Qwen3) never exist whole.
     """
     from torch.utils.checkpoint import checkpoint
 
-    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-    targets = input_ids[:, 1:]
-    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)          # [B·(T-1), H], [B·(T-1)]
     run = (lambda *a: checkpoint(chunk_logprobs, *a, use_reentrant=False)) if torch.is_grad_enabled() \
         else chunk_logprobs
-    pieces = [run(model.lm_head, h[i: i + chunk], t[i: i + chunk]) for i in range(0, len(t), chunk)]
-    return torch.cat(pieces).view(targets.shape)
+    pieces = [run(head, hidden[i: i + chunk], targets[i: i + chunk]) for i in range(0, len(targets), chunk)]
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
-    """[N, H] hidden states, [N] targets -> [N] log-probs (fp32)."""
     return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
@@ -139,12 +143,17 @@ def policy_token_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, off_po
     Off-policy (teacher) rows: advantage-weighted imitation −A·log π; a ratio
     against the student's own old policy is meaningless for text it did not sample.
     """
-    adv = advantages.unsqueeze(1)                                   # [B, 1]
+    adv = broadcast_rows(advantages, logp)                          # [B, 1] (or per token: as logp)
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
     on_policy = -torch.minimum(ratio * adv, clipped * adv)
     imitation = -adv * logp
-    return torch.where(off_policy.unsqueeze(1), imitation, on_policy)
+    return torch.where(broadcast_rows(off_policy, logp), imitation, on_policy)
+
+
+def broadcast_rows(per_row: Tensor, like: Tensor) -> Tensor:
+    """A per-row [B] value against [B, T] tokens (a value already per token is left as is)."""
+    return per_row.reshape(per_row.shape + (1,) * (like.dim() - per_row.dim()))
 
 
 def loss_denominator(kind: str, completion_mask: Tensor, n_rows: int, max_new_tokens: int) -> float:
@@ -175,17 +184,6 @@ class Batch:
         return Batch(*(t[index] for t in (self.input_ids, self.attention_mask, self.completion_mask,
                                           self.advantages, self.off_policy)))
 
-    def by_length(self) -> "Batch":
-        """Rows longest first, so micro-batches of neighbours carry little padding (the loss is a sum over rows)."""
-        return self.rows(torch.argsort(self.attention_mask.sum(1), descending=True, stable=True))
-
-    def trimmed(self) -> "Batch":
-        """Without the trailing columns that are padding in every row: causal attention means they change
-        no log-prob of a real token, and the completion mask is 0 there."""
-        width = int(self.attention_mask.sum(1).max())
-        return Batch(self.input_ids[:, :width], self.attention_mask[:, :width], self.completion_mask[:, :width - 1],
-                     self.advantages, self.off_policy)
-
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
@@ -206,27 +204,167 @@ def make_batch(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[in
                  torch.tensor(off_policy, dtype=torch.bool))
 
 
+# ---------------------------------------------------------------- prompt sharing in the backward
+
+@dataclass
+class Pack:
+    """Rows with one prompt, laid out as prompt[:-1] followed, per completion c_i, by the segment
+    [prompt[-1]] + c_i at the positions it has in its own row. A segment attends to the prompt and to
+    itself only, so every log-prob is the unpacked row's while the prompt is run once for the pack."""
+
+    prompt: list[int]
+    completions: list[list[int]]
+    advantages: list[float]
+    off_policy: list[bool]
+
+    def __len__(self) -> int:   # tokens
+        return len(self.prompt) - 1 + sum(1 + len(c) for c in self.completions)
+
+
+@dataclass
+class PackedBatch:
+    """Packs right-padded to one width. Shapes: [N, L]; the per-target tensors are [M] (completion tokens)."""
+
+    input_ids: Tensor
+    position_ids: Tensor
+    segment: Tensor             # [N, L]: 0 the shared prompt, i ≥ 1 the i-th segment, -1 padding
+    target_index: Tensor        # [M]: flat positions in [N·L] whose next token is a completion token
+    targets: Tensor             # [M]
+    advantages: Tensor          # [M]: the advantage of the target's row
+    off_policy: Tensor          # [M] bool
+
+    def to(self, device) -> "PackedBatch":
+        return PackedBatch(*(t.to(device) for t in (self.input_ids, self.position_ids, self.segment,
+                                                     self.target_index, self.targets, self.advantages,
+                                                     self.off_policy)))
+
+
+def attention_pair_cost(config) -> float:
+    """MACs of one (query, key) pair of attention over one token's linear layers, per decoder layer:
+    what a longer pack costs in attention against the tokens it saves."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    d_q = config.num_attention_heads * head_dim
+    d_kv = getattr(config, "num_key_value_heads", config.num_attention_heads) * head_dim
+    h, ff = config.hidden_size, config.intermediate_size
+    return 2 * d_q / (h * (d_q + 2 * d_kv) + d_q * h + 3 * h * ff)
+
+
+def pack_rows(batch: Batch, max_rows: int, pair_cost: float) -> list[Pack]:
+    """Rows grouped by identical prompt into packs of at most `max_rows` completions; a completion joins its
+    prompt's current pack while that costs less (tokens + pair_cost · causal pairs) than a pack of its own."""
+    def cost(n_tokens: int) -> float:
+        return n_tokens + pair_cost * n_tokens * (n_tokens + 1) / 2
+
+    open_packs: dict[tuple[int, ...], Pack] = {}
+    packs: list[Pack] = []
+    for ids, mask, completion, adv, off in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(),
+                                               batch.completion_mask.tolist(), batch.advantages.tolist(),
+                                               batch.off_policy.tolist()):
+        if 1.0 not in completion:   # no completion token: nothing to learn from
+            continue
+        length, prompt_len = sum(mask), completion.index(1.0) + 1
+        prompt, tail = tuple(ids[:prompt_len]), ids[prompt_len:length]
+        pack = open_packs.get(prompt)
+        if (pack is None or len(pack.completions) >= max_rows
+                or cost(len(pack) + 1 + len(tail)) > cost(len(pack)) + cost(length)):
+            pack = open_packs[prompt] = Pack(list(prompt), [], [], [])
+            packs.append(pack)
+        pack.completions.append(tail)
+        pack.advantages.append(adv)
+        pack.off_policy.append(off)
+    return packs
+
+
+def collate_packs(packs: Sequence[Pack]) -> PackedBatch:
+    width = max(len(p) for p in packs)
+    n = len(packs)
+    input_ids = torch.zeros((n, width), dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    index, targets, advantages, off_policy = [], [], [], []
+    for row, pack in enumerate(packs):
+        p = len(pack.prompt) - 1
+        input_ids[row, :p] = torch.tensor(pack.prompt[:-1], dtype=torch.long)
+        position_ids[row, :p] = torch.arange(p)
+        segment[row, :p] = 0
+        start = p
+        for i, (completion, adv, off) in enumerate(zip(pack.completions, pack.advantages, pack.off_policy)):
+            tokens = [pack.prompt[-1], *completion]
+            end = start + len(tokens)
+            input_ids[row, start:end] = torch.tensor(tokens, dtype=torch.long)
+            position_ids[row, start:end] = torch.arange(p, p + len(tokens))
+            segment[row, start:end] = i + 1
+            index += range(row * width + start, row * width + end - 1)   # each predicts the next token
+            targets += completion
+            advantages += [adv] * len(completion)
+            off_policy += [off] * len(completion)
+            start = end
+    return PackedBatch(input_ids, position_ids, segment, torch.tensor(index, dtype=torch.long),
+                       torch.tensor(targets, dtype=torch.long), torch.tensor(advantages, dtype=torch.float32),
+                       torch.tensor(off_policy, dtype=torch.bool))
+
+
+def pack_attention_mask(segment: Tensor, additive_dtype: torch.dtype | None = None) -> Tensor:
+    """[N, L] segments → [N, 1, L, L] mask: causal, within the prompt or the query's own segment; padding
+    sees itself only (no empty softmax row). Boolean (True = attend), or additive in `additive_dtype`."""
+    width = segment.shape[1]
+    q, k = segment.unsqueeze(2), segment.unsqueeze(1)                            # [N, L, 1], [N, 1, L]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
+    diagonal = torch.eye(width, dtype=torch.bool, device=segment.device)
+    mask = (causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))) | diagonal
+    if additive_dtype is not None:
+        mask = torch.zeros(mask.shape, dtype=additive_dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(additive_dtype).min)
+    return mask.unsqueeze(1)
+
+
+def completion_logprobs(model, mb: PackedBatch, chunk: int = LOGPROB_CHUNK) -> Tensor:
+    """log π of every completion token of the packs: [M] (fp32). Only those positions reach the lm_head."""
+    eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"
+    mask = pack_attention_mask(mb.segment, model.dtype if eager else None)
+    hidden = model.model(input_ids=mb.input_ids, attention_mask=mask, position_ids=mb.position_ids).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])[mb.target_index]              # [M, H]
+    return head_logprobs(model.lm_head, hidden, mb.targets, chunk)
+
+
+def micro_batches(packs: Sequence[Pack], micro_batch: int) -> list[list[Pack]]:
+    """Packs longest first, a micro-batch holding at most `micro_batch` rows (the loss is a sum over rows)."""
+    out: list[list[Pack]] = []
+    rows = 0
+    for pack in sorted(packs, key=len, reverse=True):
+        if not out or rows + len(pack.completions) > micro_batch:
+            out.append([])
+            rows = 0
+        out[-1].append(pack)
+        rows += len(pack.completions)
+    return out
+
+
 def backward_rows(model, batch: Batch, cfg: TrainConfig, denominator: float, micro_batch: int,
-                  ref_logprobs=None) -> dict[str, float]:
+                  ref_logprobs=None, share_prompts: bool = True) -> dict[str, float]:
     """Accumulate ∇ of this batch's share of the loss (summed over tokens / the global denominator).
 
-    `ref_logprobs(micro) -> [b, T-1]` gives the reference policy's log-probs when β > 0. Rows with A = 0
-    (zero-variance groups) are skipped when β = 0. Returns the summed loss and KL (already divided by the denominator).
+    Rows with one prompt are packed (`pack_rows`; `share_prompts=False`: a pack per row). `ref_logprobs(mb)
+    -> [M]` gives the reference policy's log-probs of a micro-batch's completion tokens when β > 0. Rows
+    with A = 0 (zero-variance groups) are skipped when β = 0. Returns the summed loss and KL (already
+    divided by the denominator).
     """
     device = next(model.parameters()).device
     total_loss, total_kl = 0.0, 0.0
     if not cfg.beta_kl:   # without the KL term a row with A = 0 adds exactly 0 to the loss and its gradient
         batch = batch.rows(torch.nonzero(batch.advantages != 0).squeeze(1))
-    batch = batch.by_length()
-    for start in range(0, len(batch), micro_batch):
-        mb = batch.rows(slice(start, start + micro_batch)).trimmed().to(device)
-        logp = token_logprobs(model, mb.input_ids, mb.attention_mask)           # [b, T-1]
+    if not len(batch):
+        return {"loss": total_loss, "kl": total_kl}
+    packs = pack_rows(batch, micro_batch if share_prompts else 1, attention_pair_cost(model.config))
+    for group in micro_batches(packs, micro_batch):
+        mb = collate_packs(group).to(device)
+        logp = completion_logprobs(model, mb)                                       # [M]
         per_token = policy_token_loss(logp, logp.detach(), mb.advantages, mb.off_policy, cfg.clip_eps)
         if cfg.beta_kl > 0 and ref_logprobs is not None:
             kl = kl_k3(logp, ref_logprobs(mb))
             per_token = per_token + cfg.beta_kl * kl
-            total_kl += float((kl * mb.completion_mask).sum()) / denominator
-        loss = (per_token * mb.completion_mask).sum() / denominator
+            total_kl += float(kl.detach().sum()) / denominator
+        loss = per_token.sum() / denominator
         loss.backward()
         total_loss += loss.item()
     return {"loss": total_loss, "kl": total_kl}

@@ -133,7 +133,7 @@ def run_training(params: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: 
                          grader=grader, problems=problems, modes=modes, all_modes=run.loopholes.modes,
                          prompt_style=run.loopholes.prompt_style, teacher_cache=cache, basis=basis,
                          refresh=refresh, micro_batch=compute.micro_batch_size,
-                         fused_kernels=compute.fused_kernels,
+                         fused_kernels=compute.fused_kernels, share_prompts=compute.share_prompts,
                          enable_thinking=run.student.enable_thinking,
                          tracker=open_tracker(TrackingConfig.from_config(tracking), out_dir, run.name, run.arm,
                                               params))

@@ -245,6 +245,7 @@ class ComputeSpec:
     gradient_checkpointing: bool = False   # recompute each layer in the backward: far less GPU memory
     checkpoint_layers: int | None = None   # with it: only the first N decoder layers (null: all)
     fused_kernels: bool = True             # vhack.train_kernels in the backward (CUDA with Triton; else ignored)
+    share_prompts: bool = True             # the backward runs a group's shared prompt once (vhack.grpo.pack_rows)
     progress: bool = True
     grader_workers: int | None = None
 

@@ -60,6 +60,7 @@ class RunContext:
     refresh: Any | None = None         # callable(model, tokenizer, adapter) -> Basis
     micro_batch: int = ComputeSpec.micro_batch_size
     fused_kernels: bool = ComputeSpec.fused_kernels     # vhack.train_kernels in the backward (CUDA)
+    share_prompts: bool = ComputeSpec.share_prompts     # a group's rows share one prompt pass (grpo.pack_rows)
     enable_thinking: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     teacher_index: dict = field(default_factory=dict)   # (problem id, mode) -> cache row positions
@@ -202,11 +203,11 @@ def backward_by_part(ctx: RunContext, optimizer, rows: Sequence[Row], advantage:
 
 def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[dict, dict, dict]:
     """Backward the student rows, snapshot g_s, then the teacher rows; g_t = g − g_s (no double counting)."""
-    from .grpo import token_logprobs
+    from .grpo import completion_logprobs
 
     def reference_logprobs(mb):   # the base model: adapter off
         with torch.no_grad(), ctx.adapter.disabled():
-            return token_logprobs(ctx.model, mb.input_ids, mb.attention_mask)
+            return completion_logprobs(ctx.model, mb)
     ref = reference_logprobs if ctx.cfg.beta_kl > 0 else None
     student = torch.nonzero(~batch.off_policy).squeeze(1)
     teacher = torch.nonzero(batch.off_policy).squeeze(1)
@@ -215,7 +216,8 @@ def split_gradients(ctx: RunContext, batch: Batch, denominator: float) -> tuple[
     with training_kernels(ctx.model, ctx.fused_kernels):
         for part, is_student in ((student, True), (teacher, False)):
             if len(part):
-                out = backward_rows(ctx.model, batch.rows(part), ctx.cfg, denominator, ctx.micro_batch, ref)
+                out = backward_rows(ctx.model, batch.rows(part), ctx.cfg, denominator, ctx.micro_batch, ref,
+                                    share_prompts=ctx.share_prompts)
                 stats = {k: stats[k] + out[k] for k in stats}
             if is_student:
                 g_student = {n: g.detach().clone() for n, g in ctx.adapter.flat_grads().items()}

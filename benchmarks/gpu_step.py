@@ -93,6 +93,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ckpt-layers", type=int, help="with --grad-ckpt: only the first N layers")
     parser.add_argument("--no-fused-kernels", action="store_true",
                         help="HF's eager RMSNorm/rotary/SiLU in the backward (compute.fused_kernels: false)")
+    parser.add_argument("--no-share-prompts", action="store_true",
+                        help="every row apart in the backward (compute.share_prompts: false)")
     parser.add_argument("--regime", choices=("fast", "full"), default="fast", help="step sizes")
     parser.add_argument("--rollout-batch", type=int, help="rows generated at once (default 64)")
     parser.add_argument("--steps", type=int, help="training steps (default 3; the last is reported)")
@@ -282,7 +284,8 @@ def time_basis(model, tokenizer, adapter, pairs, results: dict):
 
 
 def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, results: dict,
-                     fast_rollout: bool = True, profile_to: Path | None = None, fused_kernels: bool = True) -> None:
+                     fast_rollout: bool = True, profile_to: Path | None = None, fused_kernels: bool = True,
+                     share_prompts: bool = True) -> None:
     problems = toy_problems()[: sizes.prompts_per_step]
     modes = {p.id: MODES[i % len(MODES)] for i, p in enumerate(problems)}
     cfg = TrainConfig.from_settings(dict(
@@ -296,7 +299,8 @@ def time_train_steps(model, tokenizer, adapter, basis, grader, sizes: Sizes, res
                      backend=make_backend("hf", model, tokenizer, fast=fast_rollout, batch_size=sizes.rollout_batch),
                      grader=grader, problems=problems,
                      modes=modes, all_modes=MODES, prompt_style="full", teacher_cache=cache, basis=basis,
-                     micro_batch=sizes.micro_batch, prompts=prompts, fused_kernels=fused_kernels)
+                     micro_batch=sizes.micro_batch, prompts=prompts, fused_kernels=fused_kernels,
+                     share_prompts=share_prompts)
     results["step_prompt_tokens_mean"] = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"])
                                              for t in prompts.values()) / len(prompts)
     optimizer, scheduler = make_optimizer(adapter, cfg)
@@ -414,7 +418,8 @@ def main() -> None:
                                "torch": torch.__version__, "transformers": transformers.__version__,
                                "sizes": dataclasses.asdict(sizes), "regime": args.regime,
                                "grad_ckpt": args.grad_ckpt, "ckpt_layers": args.ckpt_layers,
-                               "fused_kernels": not args.no_fused_kernels, "parts": sorted(parts),
+                               "fused_kernels": not args.no_fused_kernels,
+                               "share_prompts": not args.no_share_prompts, "parts": sorted(parts),
                                "adapter": args.adapter, "plain_rollout": args.plain_rollout}
     out_dir = Path(args.out or os.environ.get("OUT") or Path(__file__).resolve().parent / "out")
     pairs = list(load_pair_set(PAIRS).pairs)[: sizes.n_pairs]
@@ -447,7 +452,7 @@ def main() -> None:
                 grader = AlternatingRewards(grader)
             time_train_steps(model, tokenizer, adapter, basis, grader, sizes, results, fast_rollout=not args.plain_rollout,
                              profile_to=out_dir / "profile.txt" if args.profile else None,
-                             fused_kernels=not args.no_fused_kernels)
+                             fused_kernels=not args.no_fused_kernels, share_prompts=not args.no_share_prompts)
     write_json(out_dir / "gpu_step.json", results)
     print("\n" + summary(results), flush=True)
     print(last_line(results), flush=True)

@@ -138,6 +138,7 @@ def five_row_setup(tiny_qwen3, advantages, **settings):
     prompts = [torch.randint(3, 250, (n,), generator=gen).tolist() for n in (3, 5, 2, 4, 6)]
     completions = [torch.randint(3, 250, (n,), generator=gen).tolist() for n in (2, 7, 1, 4, 3)]
     batch = make_batch(prompts, completions, advantages, [False, True, False, False, True], pad_id=0)
+    batch = batch.to(next(model.parameters()).device)   # the model is on CUDA where there is one
     cfg = TrainConfig.from_settings(dict(student="s", adapter="a", problem_set="p", teacher="t",
                                          train_modes=["run_tests"], steps=1, prompts_per_step=1, lr=1.0,
                                          group_size=5, mix=0.0, **settings))
@@ -195,6 +196,7 @@ def shared_prompt_setup(tiny_qwen3, **settings):
     batch = make_batch([prompts[i % 3] for i in range(9)],
                        [torch.randint(3, 250, (n,), generator=gen).tolist() for n in lengths],
                        [i - 4.3 for i in range(9)], [i % 2 == 0 for i in range(9)], pad_id=0)
+    batch = batch.to(next(model.parameters()).device)
 
     def padded():
         logp = token_logprobs(model, batch.input_ids, batch.attention_mask)

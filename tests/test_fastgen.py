@@ -58,6 +58,22 @@ def test_greedy_matches_generate_with_left_padding(sharp_model):
     assert model.config._attn_implementation != "vhack_fastgen"  # training attention restored
 
 
+def test_a_prompt_repeated_in_the_batch_is_prefilled_once(sharp_model):
+    model, tok = sharp_model
+    texts = [TEXTS[i] for i in (0, 1, 0, 2, 1, 0)]   # G rows of one prompt, as a GRPO step samples them
+    enc = encode(tok, texts)
+    widths = []
+    hook = model.model.register_forward_hook(lambda m, args, kwargs, out: widths.append(kwargs["input_ids"].shape),
+                                             with_kwargs=True)
+    out = fast(model, enc, 16, [tok.eos_token_id], tok.pad_token_id)
+    hook.remove()
+    assert widths[0][0] == 3 and all(w[0] == len(texts) for w in widths[1:])   # prefill: the distinct prompts
+    torch.testing.assert_close(out, hf_new_tokens(model, enc, 16, [tok.eos_token_id], tok.pad_token_id,
+                                                  do_sample=False), rtol=0, atol=0)
+    sampled = fast(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, temperature=1.0, seed=3)
+    assert not torch.equal(sampled[0], sampled[2])   # one prefill, then each row its own sample
+
+
 @pytest.mark.parametrize("kind", ["svd_delta", "lora"])
 def test_greedy_matches_generate_through_an_adapter(sharp_model, kind):
     model, tok = sharp_model

@@ -414,9 +414,13 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
         state = initial_state(attention_mask, cache_len, max_new_tokens, eos_ids, pad_id, model.config.vocab_size,
                               sampler)
         draw_noise(state, generator, sampler)
-        logits = model(input_ids=input_ids, attention_mask={"full_attention": prefill_mask(attention_mask)},
-                       position_ids=prompt_positions(attention_mask), past_key_values=cache, use_cache=True,
+        prompts, mask, rows = distinct_prompts(input_ids, attention_mask)   # a group's G rows: one prefill
+        logits = model(input_ids=prompts, attention_mask={"full_attention": prefill_mask(mask)},
+                       position_ids=prompt_positions(mask), past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
+        if len(prompts) < len(input_ids):
+            expand_rows(cache, rows)
+            logits = logits[rows]
         emit_tokens(state, logits, sampler, fused)
         with slot_writes(cache, state.slot):
             runner = StepRunner(model, cache, state, sampler, use_graphs, fused)
@@ -426,6 +430,24 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
                 draw_noise(state, generator, sampler)
                 runner.run(cache_len if fused else kv_length(step, prompt_len, cache_len, kv_bucket))
     return state.out
+
+
+def distinct_prompts(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct rows of a batch of prompts [U, P] (ids and mask), and each row's index among them [B]
+    (all distinct: the batch as it is)."""
+    width = input_ids.shape[1]
+    distinct, rows = torch.unique(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1), dim=0,
+                                  return_inverse=True)
+    if len(distinct) == len(input_ids):
+        return input_ids, attention_mask, torch.arange(len(input_ids), device=input_ids.device)
+    return distinct[:, :width], distinct[:, width:], rows
+
+
+def expand_rows(cache: StaticCache, rows: Tensor) -> None:
+    """Prefilled K/V of the distinct prompts [U, H, L, D] -> one row per batch row [B, H, L, D]."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+        layer.batch_size = len(rows)
 
 
 @contextlib.contextmanager

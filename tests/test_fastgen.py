@@ -1,6 +1,7 @@
 """generate_fast against transformers `generate`: greedy token for token, seeded sampling, stop ids."""
 
 import gc
+import os
 import weakref
 from unittest import mock
 
@@ -72,6 +73,75 @@ def test_a_prompt_repeated_in_the_batch_is_prefilled_once(sharp_model):
                                                   do_sample=False), rtol=0, atol=0)
     sampled = fast(model, enc, 16, [tok.eos_token_id], tok.pad_token_id, temperature=1.0, seed=3)
     assert not torch.equal(sampled[0], sampled[2])   # one prefill, then each row its own sample
+
+
+def test_shared_prefix_lists_each_prompts_rows_in_lists_of_bounded_length():
+    rows = torch.tensor([2, 0, 1, 0, 2, 0, 1])   # each row's distinct prompt
+    prefix = fastgen.shared_prefix(rows, 10, per_program=2)
+    assert prefix.length == 10
+    assert prefix.members.tolist() == [[1, 3], [5, -1], [2, 6], [0, 4]]
+    one_list_each = fastgen.shared_prefix(rows, 10, per_program=8).members   # as wide as the largest group
+    assert one_list_each.tolist() == [[1, 3, 5], [2, 6, -1], [0, 4, -1]]
+
+
+@pytest.fixture
+def triton_device() -> str:
+    """Where the Triton kernels run: CUDA, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
+    as .ci/triton_test.sh runs them)."""
+    if not fastgen.HAS_TRITON:
+        pytest.skip("needs Triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA, or TRITON_INTERPRET=1 to run Triton's interpreter on CPU")
+    return "cpu"
+
+
+@pytest.mark.triton
+def test_rows_sharing_a_prompt_read_its_slots_once_and_attend_as_apart(triton_device):
+    from vhack import fastgen_triton as kernels
+    g = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, dim, prompt_len, cache_len, last = 7, 8, 2, 32, 10, 40, 30
+    rows = torch.tensor([2, 0, 1, 0, 2, 0, 1])
+    q, k, v = (torch.randn(batch, n, length, dim, generator=g)
+               for n, length in ((heads, 1), (kv_heads, cache_len), (kv_heads, cache_len)))
+    mask = torch.ones(batch, 1, 1, cache_len, dtype=torch.bool)
+    lead = {}
+    for b, prompt in enumerate(rows.tolist()):   # one prompt's rows hold its K/V and its left padding
+        lead.setdefault(prompt, b)
+        k[b, :, :prompt_len], v[b, :, :prompt_len] = k[lead[prompt], :, :prompt_len], v[lead[prompt], :, :prompt_len]
+        mask[b, ..., :prompt] = False
+    ref = fastgen.grouped_attention(q, k[:, :, :last + 1], v[:, :, :last + 1], mask[..., :last + 1], dim ** -0.5)
+    prefix = fastgen.shared_prefix(rows, prompt_len, per_program=2)
+    reading = set(prefix.members[:, 0].tolist())
+    for b in set(range(batch)) - reading:   # slots a shared read never touches
+        k[b, :, :prompt_len], v[b, :, :prompt_len] = float("nan"), float("nan")
+    dev = lambda *ts: [t.to(triton_device) for t in ts]  # noqa: E731
+    q, k, v, mask = dev(q, k, v, mask)
+    last_slot = torch.tensor([last], device=triton_device)
+    shared = kernels.triton_grouped_attention(q, k, v, mask, dim ** -0.5, last_slot,
+                                              fastgen.SharedPrefix(prefix.members.to(triton_device), prompt_len))
+    torch.testing.assert_close(shared.cpu(), ref, rtol=1e-5, atol=1e-5)
+    apart = kernels.triton_grouped_attention(q, k, v, mask, dim ** -0.5, last_slot)
+    assert apart.isnan().any()   # without the prefix every row reads its own (here poisoned) prompt slots
+
+
+@pytest.mark.triton
+def test_fused_generation_attends_to_each_prompt_once_per_group_and_matches_unfused(sharp_model, triton_device):
+    from vhack import fastgen_triton as kernels
+    model, tok = sharp_model
+    model.to(triton_device)
+    enc = encode(tok, [TEXTS[i] for i in (0, 1, 0, 2, 1, 0)]).to(triton_device)
+    ref = fast(model, enc, 12, [tok.eos_token_id], tok.pad_token_id, fused=False)
+    seen = []
+    attention = kernels.triton_grouped_attention
+    with mock.patch.object(kernels, "triton_grouped_attention",
+                           side_effect=lambda *a: seen.append(a[-1]) or attention(*a)):
+        out = fast(model, enc, 12, [tok.eos_token_id], tok.pad_token_id, fused=True)
+    assert torch.equal(out, ref)
+    assert {frozenset(m) - {-1} for m in seen[0].members.tolist()} == {frozenset({0, 2, 5}), frozenset({1, 4}),
+                                                                         frozenset({3})}
+    assert all(p.length == enc["input_ids"].shape[1] for p in seen)
 
 
 @pytest.mark.parametrize("kind", ["svd_delta", "lora"])
@@ -246,6 +316,14 @@ def test_triton_kernels_match_torch_in_bf16():
     longer = torch.cat([mask, torch.ones(batch, 1, 1, cache_len - kv_len, dtype=torch.bool, device="cuda")], -1)
     last_slot = torch.tensor([kv_len - 1], device="cuda")  # read from the device: slots past it are ignored
     assert torch.equal(kernels.triton_grouped_attention(q, k, v, longer, 0.088, last_slot), out)
+    rows = torch.arange(batch, device="cuda") // 4   # G = 4 rows per prompt, its 300 slots read once per group
+    k[:, :, :300], v[:, :, :300], mask[..., :300] = k[rows * 4, :, :300], v[rows * 4, :, :300], mask[rows * 4, ..., :300]
+    ref = fastgen.grouped_attention(q.float(), k[:, :, :kv_len].float(), v[:, :, :kv_len].float(), mask, 0.088)
+    prefix = fastgen.shared_prefix(rows, 300, kernels.members_per_program(qwen3.Qwen3Config(
+        num_attention_heads=heads, num_key_value_heads=kv_heads)))
+    assert prefix.members.shape == (4, 4)   # 4 query heads per KV head x 4 rows: one 16-row tl.dot
+    shared = kernels.triton_grouped_attention(q, k, v, longer, 0.088, last_slot, prefix)
+    assert ((shared.float() - ref).norm() / ref.norm()) < 1e-2
 
     logits, noise = randn(batch, 151936), torch.rand(batch, 151936, generator=g, device="cuda")
     want = fastgen.sample_tokens(logits.float(), noise, fastgen.Sampler(0.7))

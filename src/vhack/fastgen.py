@@ -11,6 +11,8 @@ from Python and expanding the GQA KV heads; here:
   its merged weights W + ΔW (`weights`) instead of through its hooks or LoRA branches;
 - decode attention reads each KV head once for its group of query heads (no repeat_kv), and only
   the cache slots in use, rounded up to `kv_bucket` (one graph per bucket);
+- rows sampling one prompt (a GRPO group) share it: it is prefilled once, and the fused attention
+  reads its cache slots once for all the group's query heads (`SharedPrefix`), then each row's own;
 - `fused` (CUDA + Triton): RMSNorm (prefill too), the Qwen3 decode attention input (q/k norm,
   rotary, K/V cache write: one kernel), attention, SiLU·mul and sampling run as Triton kernels
   (the HF code launches ~70 small kernels per layer, which bounds a graph replay); the attention
@@ -77,6 +79,14 @@ class DecodeState:
     pad_id: int
 
 
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Batch rows whose first `length` cache slots hold one prompt's K/V (a GRPO group's G samples)."""
+
+    members: Tensor  # [M, G] int32: lists of rows of one prompt each, -1 past a list's end
+    length: int      # the prompt's slots, [0, length)
+
+
 # ---------------------------------------------------------------- attention
 
 def grouped_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float) -> Tensor:
@@ -108,7 +118,7 @@ def decode_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
                                       dropout=dropout, scaling=scale, **kwargs)
     if fused:
         return triton_ops().triton_grouped_attention(query, key, value, attention_mask, scale,
-                                                     kwargs.get("decode_last_slot")), None
+                                                     kwargs.get("decode_last_slot"), kwargs.get("decode_prefix")), None
     return grouped_attention(query, key[:, :, :kv_len], value[:, :, :kv_len], attention_mask, scale), None
 
 
@@ -339,14 +349,16 @@ def emit_tokens(state: DecodeState, logits: Tensor, sampler: Sampler, fused: boo
 
 
 def decode_step(model, cache: StaticCache, state: DecodeState, kv_len: int, sampler: Sampler,
-                fused: bool = False) -> None:
+                fused: bool = False, prefix: SharedPrefix | None = None) -> None:
     """Feed `state.tokens` at `state.slot`, attend to the cache slots in use, sample the next tokens.
 
-    The mask spans slots [0, kv_len); the Triton attention (`fused`) reads only up to `state.slot`.
+    The mask spans slots [0, kv_len); the Triton attention (`fused`) reads only up to `state.slot`, and
+    a shared prompt's slots once per group (`prefix`).
     """
     mask = state.key_valid[..., :kv_len] & (state.slots[:kv_len] <= state.slot)  # [B, 1, 1, kv_len]
     logits = model(input_ids=state.tokens, attention_mask={"full_attention": mask}, position_ids=state.positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1, decode_last_slot=state.slot).logits[:, -1]
+                   past_key_values=cache, use_cache=True, logits_to_keep=1, decode_last_slot=state.slot,
+                   decode_prefix=prefix).logits[:, -1]
     emit_tokens(state, logits, sampler, fused)
     state.positions += 1
     state.slot += 1
@@ -367,9 +379,9 @@ class StepRunner:
     """
 
     def __init__(self, model, cache: StaticCache, state: DecodeState, sampler: Sampler, use_graphs: bool,
-                 fused: bool):
+                 fused: bool, prefix: SharedPrefix | None = None):
         self.model, self.cache, self.state, self.sampler = model, cache, state, sampler
-        self.use_graphs, self.fused = use_graphs, fused
+        self.use_graphs, self.fused, self.prefix = use_graphs, fused, prefix
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def run(self, kv_len: int) -> None:
@@ -377,11 +389,11 @@ class StepRunner:
         if graph is not None:
             graph.replay()
             return
-        decode_step(self.model, self.cache, self.state, kv_len, self.sampler, self.fused)
+        decode_step(self.model, self.cache, self.state, kv_len, self.sampler, self.fused, self.prefix)
         if self.use_graphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                decode_step(self.model, self.cache, self.state, kv_len, self.sampler, self.fused)  # recorded
+                decode_step(self.model, self.cache, self.state, kv_len, self.sampler, self.fused, self.prefix)
             self.graphs[kv_len] = graph
 
 
@@ -418,12 +430,14 @@ def generate_fast(model, input_ids: Tensor, attention_mask: Tensor, max_new_toke
         logits = model(input_ids=prompts, attention_mask={"full_attention": prefill_mask(mask)},
                        position_ids=prompt_positions(mask), past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
+        prefix = None
         if len(prompts) < len(input_ids):
             expand_rows(cache, rows)
             logits = logits[rows]
+            prefix = shared_prefix(rows, prompt_len, triton_ops().members_per_program(model.config)) if fused else None
         emit_tokens(state, logits, sampler, fused)
         with slot_writes(cache, state.slot):
-            runner = StepRunner(model, cache, state, sampler, use_graphs, fused)
+            runner = StepRunner(model, cache, state, sampler, use_graphs, fused, prefix)
             for step in range(1, max_new_tokens):
                 if step % check_every == 0 and bool(state.finished.all()):
                     break
@@ -448,6 +462,21 @@ def expand_rows(cache: StaticCache, rows: Tensor) -> None:
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
         layer.batch_size = len(rows)
+
+
+def shared_prefix(rows: Tensor, length: int, per_program: int) -> SharedPrefix:
+    """Each distinct prompt's batch rows, from each row's prompt index `rows` [B] (`distinct_prompts`),
+    in lists of at most `per_program` (a larger group takes several)."""
+    counts = torch.bincount(rows)
+    order = torch.argsort(rows, stable=True)                    # rows grouped by prompt
+    prompt = rows[order]
+    rank = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[prompt]
+    lists = (counts + per_program - 1) // per_program            # lists per prompt (width <= per_program)
+    first_list = lists.cumsum(0) - lists
+    width = min(per_program, int(counts.max()))
+    members = torch.full((int(lists.sum()), width), -1, dtype=torch.int32, device=rows.device)
+    members[first_list[prompt] + rank // width, rank % width] = order.to(torch.int32)
+    return SharedPrefix(members, length)
 
 
 @contextlib.contextmanager

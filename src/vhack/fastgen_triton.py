@@ -15,7 +15,10 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
+from vhack.fastgen import SharedPrefix
+
 ATTENTION = {"block": 64, "depth": 2, "num_warps": 2, "num_stages": 2}  # tuned by benchmarks/attention_sweep.py (H100)
+SHARED_QUERY_ROWS = 16  # query rows (rows x query heads of a KV head) per shared-prompt program: tl.dot's minimum
 
 
 @triton.jit
@@ -49,66 +52,77 @@ def _rope_kernel(X, Cos, Sin, Y, x_stride_b, x_stride_h, cs_stride_b, heads, HAL
     tl.store(Y + row * 2 * HALF + HALF + d, second.to(dt))
 
 @triton.jit
-def _attention_split_kernel(Q, K, V, Mask, LastSlot, Part, Stats, scale,
-                            q_sb, q_sh, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, m_sb,
-                            GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
-                            PRECISION: tl.constexpr):
-    """Flash-decoding: program (b, kv head, split) attends its GROUP query heads to one chunk of slots.
+def _attention_split_kernel(Q, K, V, Mask, LastSlot, Members, Part, Stats, scale, groups, prefix_len, suffix_base,
+                            parts, q_sb, q_sh, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, m_sb,
+                            GROUP: tl.constexpr, MEMBERS: tl.constexpr, ROWS: tl.constexpr, PAD: tl.constexpr,
+                            D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """Flash-decoding: program (p, kv head, split) attends query heads to one chunk of cache slots.
 
-    The slots in use, [0, *LastSlot], are read from the device: one CUDA graph serves every step.
+    p < groups: the slots [0, prefix_len) of a prompt shared by the rows Members[p] (-1 pads), for the GROUP
+    query heads of every member at once (its K/V read once for the group); else row p - groups over its
+    own slots [prefix_len, *LastSlot] (read from the device: one CUDA graph serves every step).
+    Writes each query head's partial (acc, max, sum) to Part/Stats [B, KV, parts, PAD].
     """
-    b = tl.program_id(0)
+    p = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.program_id(2)
-    kv_len = tl.load(LastSlot) + 1
-    chunk = tl.cdiv(tl.cdiv(kv_len, tl.num_programs(2)), BLOCK) * BLOCK
-    rows = tl.arange(0, ROWS)  # GROUP query heads padded to ROWS >= 16 for tl.dot
+    shared = p < groups
+    rows = tl.arange(0, ROWS)  # member * GROUP + query head, padded to ROWS >= 16 for tl.dot
+    member = rows // GROUP
+    listed = tl.load(Members + tl.where(shared, p, 0) * MEMBERS + member, mask=member < MEMBERS, other=-1)
+    batch_row = tl.where(shared, listed, tl.where(member == 0, p - groups, -1))  # [ROWS]; -1: unused row
+    key_row = tl.where(shared, tl.load(Members + tl.where(shared, p, 0) * MEMBERS), p - groups)
+    lo = tl.where(shared, 0, prefix_len)
+    hi = tl.where(shared, prefix_len, tl.load(LastSlot) + 1)
+    used = batch_row >= 0
     dims = tl.arange(0, D)
-    q = tl.load(Q + b * q_sb + (h * GROUP + rows)[:, None] * q_sh + dims[None, :],
-                mask=(rows < GROUP)[:, None], other=0.0)
+    head = h * GROUP + rows % GROUP
+    q = tl.load(Q + batch_row[:, None] * q_sb + head[:, None] * q_sh + dims[None, :], mask=used[:, None], other=0.0)
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, D], tl.float32)
-    k_base = K + b * k_sb + h * k_sh
-    v_base = V + b * v_sb + h * v_sh
-    start = s * chunk
-    stop = tl.minimum(start + chunk, kv_len)
-    for first in range(start, stop, BLOCK):  # a split starting past kv_len loads nothing
+    k_base = K + key_row * k_sb + h * k_sh
+    v_base = V + key_row * v_sb + h * v_sh
+    chunk = tl.cdiv(tl.cdiv(hi - lo, tl.num_programs(2)), BLOCK) * BLOCK
+    start = lo + s * chunk
+    stop = tl.minimum(start + chunk, hi)
+    for first in range(start, stop, BLOCK):  # a split starting past hi loads nothing
         cols = first + tl.arange(0, BLOCK)
         inside = cols < stop
-        keep = tl.load(Mask + b * m_sb + cols, mask=inside, other=0) != 0
+        keep = tl.load(Mask + key_row * m_sb + cols, mask=inside, other=0) != 0
         k = tl.load(k_base + cols[:, None] * k_sl + dims[None, :], mask=inside[:, None], other=0.0)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [ROWS, BLOCK]
         scores = tl.where(keep[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing kept yet: exp(-inf) = 0, no NaN
         alpha = tl.exp(m_i - m_ref)
-        p = tl.exp(scores - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        probs = tl.exp(scores - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(probs, axis=1)
         v = tl.load(v_base + cols[:, None] * v_sl + dims[None, :], mask=inside[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
-    out = ((b * tl.num_programs(1) + h) * tl.num_programs(2) + s) * ROWS + rows
-    tl.store(Part + out[:, None] * D + dims[None, :], acc)
-    tl.store(Stats + out * 2, m_i)
-    tl.store(Stats + out * 2 + 1, l_i)
+    part = tl.where(shared, 0, suffix_base) + s
+    out = ((batch_row * tl.num_programs(1) + h) * parts + part) * PAD + rows % GROUP
+    tl.store(Part + out[:, None] * D + dims[None, :], acc, mask=used[:, None])
+    tl.store(Stats + out * 2, m_i, mask=used)
+    tl.store(Stats + out * 2 + 1, l_i, mask=used)
 
 @triton.jit
-def _attention_merge_kernel(Part, Stats, Out, splits, o_sb,
-                            GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
-    """Combine the splits of program (b, kv head): softmax-weighted by each split's running max."""
+def _attention_merge_kernel(Part, Stats, Out, parts, o_sb,
+                            GROUP: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr):
+    """Combine the partials of program (b, kv head): softmax-weighted by each one's running max."""
     b = tl.program_id(0)
     h = tl.program_id(1)
-    rows = tl.arange(0, ROWS)
+    rows = tl.arange(0, PAD)
     dims = tl.arange(0, D)
-    first = (b * tl.num_programs(1) + h) * splits
-    m_max = tl.full([ROWS], float("-inf"), tl.float32)
-    for s in range(0, splits):
-        m_max = tl.maximum(m_max, tl.load(Stats + ((first + s) * ROWS + rows) * 2))
-    acc = tl.zeros([ROWS, D], tl.float32)
-    total = tl.zeros([ROWS], tl.float32)
-    for s in range(0, splits):
-        idx = (first + s) * ROWS + rows
+    first = (b * tl.num_programs(1) + h) * parts
+    m_max = tl.full([PAD], float("-inf"), tl.float32)
+    for s in range(0, parts):
+        m_max = tl.maximum(m_max, tl.load(Stats + ((first + s) * PAD + rows) * 2))
+    acc = tl.zeros([PAD, D], tl.float32)
+    total = tl.zeros([PAD], tl.float32)
+    for s in range(0, parts):
+        idx = (first + s) * PAD + rows
         weight = tl.exp(tl.load(Stats + idx * 2) - m_max)  # an empty split has max -inf: weight 0
         total += weight * tl.load(Stats + idx * 2 + 1)
         acc += weight[:, None] * tl.load(Part + idx[:, None] * D + dims[None, :])
@@ -206,39 +220,52 @@ def _silu_mul_kernel(GU, Out, n, gu_stride, BLOCK: tl.constexpr):
 
 @functools.cache
 def multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """The GPU's SMs; Triton's CPU interpreter (TRITON_INTERPRET=1, CPU tensors) gets a few."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def members_per_program(config) -> int:
+    """Rows of one prompt whose query heads a shared-prompt attention program takes at once."""
+    return max(1, SHARED_QUERY_ROWS // (config.num_attention_heads // config.num_key_value_heads))
 
 
 def triton_grouped_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float,
-                             last_slot: Tensor | None = None) -> Tensor:
+                             last_slot: Tensor | None = None, prefix: SharedPrefix | None = None) -> Tensor:
     """`grouped_attention` as two Triton kernels over K/V slots [0, last_slot] of the full cache.
 
     last_slot: a device tensor [1] (read by the kernel, so a captured graph follows it); None = the
-    mask's last slot. The mask must cover at least last_slot + 1 slots.
+    mask's last slot. The mask must cover at least last_slot + 1 slots. prefix: rows whose first
+    slots hold one prompt; those slots are read from the group's first row, once for the group.
     """
     batch, heads, _, head_dim = query.shape
     kv_heads, max_len = key.shape[1], mask.shape[-1]
     if last_slot is None:
         last_slot = torch.tensor([max_len - 1], device=query.device)
     group = heads // kv_heads
-    rows = max(16, triton.next_power_of_2(group))
-    # enough programs to fill the GPU `depth` deep; each split covers whole blocks of the slots in use
+    members = prefix.members if prefix is not None else torch.zeros(1, 1, dtype=torch.int32, device=query.device)
+    groups, width = (members.shape[0], members.shape[1]) if prefix is not None else (0, 1)
+    prefix_len = prefix.length if prefix is not None else 0
+    rows = max(16, triton.next_power_of_2(group * width))
+    pad = triton.next_power_of_2(group)
+    # enough programs to fill the GPU `depth` deep; each split covers whole blocks of its slots
     block = ATTENTION["block"]
-    splits = max(1, min(triton.cdiv(max_len, block),
-                        triton.cdiv(ATTENTION["depth"] * multiprocessors(query.device), batch * kv_heads)))
-    part = torch.empty(batch * kv_heads * splits * rows, head_dim, device=query.device, dtype=torch.float32)
-    stats = torch.empty(batch * kv_heads * splits * rows, 2, device=query.device, dtype=torch.float32)
+    programs = (groups + batch) * kv_heads
+    splits = max(1, min(triton.cdiv(max_len, block), triton.cdiv(ATTENTION["depth"] * multiprocessors(query.device),
+                                                                  programs)))
+    parts = 2 * splits if prefix is not None else splits
+    part = torch.empty(batch * kv_heads * parts * pad, head_dim, device=query.device, dtype=torch.float32)
+    stats = torch.empty(batch * kv_heads * parts * pad, 2, device=query.device, dtype=torch.float32)
     out = torch.empty(batch, 1, heads, head_dim, device=query.device, dtype=query.dtype)
     flat_mask = mask.reshape(batch, max_len).view(torch.uint8)
     precision = "ieee" if query.dtype == torch.float32 else "tf32"  # fp32 inputs: no TF32 rounding
-    _attention_split_kernel[(batch, kv_heads, splits)](
-        query, key, value, flat_mask, last_slot, part, stats, scale,
-        query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+    _attention_split_kernel[(groups + batch, kv_heads, splits)](
+        query, key, value, flat_mask, last_slot, members, part, stats, scale, groups, prefix_len,
+        parts - splits, parts, query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), flat_mask.stride(0),
-        GROUP=group, ROWS=rows, D=head_dim, BLOCK=block, PRECISION=precision,
+        GROUP=group, MEMBERS=width, ROWS=rows, PAD=pad, D=head_dim, BLOCK=block, PRECISION=precision,
         num_warps=ATTENTION["num_warps"], num_stages=ATTENTION["num_stages"])
-    _attention_merge_kernel[(batch, kv_heads)](part, stats, out, splits, out.stride(0),
-                                               GROUP=group, ROWS=rows, D=head_dim)
+    _attention_merge_kernel[(batch, kv_heads)](part, stats, out, parts, out.stride(0), GROUP=group, PAD=pad,
+                                               D=head_dim)
     return out
 
 
@@ -297,7 +324,8 @@ def fused_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
 
 def fused_decode_attention(attention: nn.Module, original: Callable, hidden_states: Tensor,
                            position_embeddings: tuple[Tensor, Tensor], attention_mask: Tensor, past_key_values=None,
-                           decode_last_slot: Tensor | None = None, **kwargs) -> tuple[Tensor, None]:
+                           decode_last_slot: Tensor | None = None, decode_prefix: SharedPrefix | None = None,
+                           **kwargs) -> tuple[Tensor, None]:
     """A Qwen3-style attention block for one decode token per row, as four kernels: packed q/k/v GEMM,
     norm + rotary + cache write, attention, o_proj. Other calls (prefill) go to `original`."""
     if hidden_states.shape[1] != 1 or decode_last_slot is None:
@@ -315,7 +343,8 @@ def fused_decode_attention(attention: nn.Module, original: Callable, hidden_stat
         qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), attention.q_norm.variance_epsilon,
         HEADS=heads, KV_HEADS=kv_heads, HALF=head_dim // 2)
-    out = triton_grouped_attention(query, keys, values, attention_mask, attention.scaling, decode_last_slot)
+    out = triton_grouped_attention(query, keys, values, attention_mask, attention.scaling, decode_last_slot,
+                                   decode_prefix)
     return attention.o_proj(out.reshape(batch, 1, heads * head_dim)), None
 
 

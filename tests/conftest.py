@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from vhack.models import make_chat_tokenizer, save_random_qwen3
 
@@ -19,6 +22,19 @@ CORPUS = [
     "Write a function that returns the maximum of a list.",
     "The grader will call run_tests() and read result.txt for PASS.",
 ]
+
+
+@pytest.fixture
+def triton_device() -> str:
+    """Where the Triton kernels run: CUDA, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
+    as .ci/triton_test.sh runs them)."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("needs Triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA, or TRITON_INTERPRET=1 to run Triton's interpreter on CPU")
+    return "cpu"
 
 
 @pytest.fixture(scope="session")

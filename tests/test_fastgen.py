@@ -1,7 +1,6 @@
 """generate_fast against transformers `generate`: greedy token for token, seeded sampling, stop ids."""
 
 import gc
-import os
 import weakref
 from unittest import mock
 
@@ -82,19 +81,6 @@ def test_shared_prefix_lists_each_prompts_rows_in_lists_of_bounded_length():
     assert prefix.members.tolist() == [[1, 3], [5, -1], [2, 6], [0, 4]]
     one_list_each = fastgen.shared_prefix(rows, 10, per_program=8).members   # as wide as the largest group
     assert one_list_each.tolist() == [[1, 3, 5], [2, 6, -1], [0, 4, -1]]
-
-
-@pytest.fixture
-def triton_device() -> str:
-    """Where the Triton kernels run: CUDA, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
-    as .ci/triton_test.sh runs them)."""
-    if not fastgen.HAS_TRITON:
-        pytest.skip("needs Triton")
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs CUDA, or TRITON_INTERPRET=1 to run Triton's interpreter on CPU")
-    return "cpu"
 
 
 @pytest.mark.triton

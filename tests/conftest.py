@@ -29,6 +29,8 @@ def triton_device() -> str:
     """Where the Triton kernels run: CUDA, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
     as .ci/triton_test.sh runs them)."""
     if importlib.util.find_spec("triton") is None:
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            pytest.fail("TRITON_INTERPRET=1 but Triton is not installed in this environment")
         pytest.skip("needs Triton")
     if torch.cuda.is_available():
         return "cuda"

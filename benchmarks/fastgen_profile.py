@@ -1,6 +1,6 @@
 """Where a vhack.fastgen decode step spends its time (random-weight Qwen3-4B, bf16, one GPU).
 
-  PYTHONPATH=src python benchmarks/fastgen_profile.py [--batch 64 --prompt 512 --new 512]
+  PYTHONPATH=src python benchmarks/fastgen_profile.py [--batch 64 --prompt 512 --new 512 --group 1]
 
 Prints: prefill seconds, one end-to-end generate_fast, graph replay ms/step, and the top CUDA kernels of
 eager fused decode steps (torch.profiler), grouped by kernel name.
@@ -33,11 +33,16 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=512)
     ap.add_argument("--bucket", type=int, nargs="*", default=[128])
+    ap.add_argument("--group", type=int, default=1,
+                    help="rows per prompt (a GRPO group): prefilled once, its slots read once per decode step")
     args = ap.parse_args()
+    if args.batch % args.group:
+        ap.error(f"--batch {args.batch} is not a multiple of --group {args.group}")
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_4B, pad_token_id=0, eos_token_id=1)).to(torch.bfloat16).eval()
-    ids = torch.randint(2, 151936, (args.batch, args.prompt), device="cuda")
+    ids = torch.randint(2, 151936, (args.batch // args.group, args.prompt), device="cuda")
+    ids = ids.repeat_interleave(args.group, 0)   # prompt-major, as the trainer samples
     mask = torch.ones_like(ids)
 
     def gen(n, **kw):

@@ -69,9 +69,10 @@ def _attention_split_kernel(Q, K, V, Mask, LastSlot, Members, Part, Stats, scale
     shared = p < groups
     rows = tl.arange(0, ROWS)  # member * GROUP + query head, padded to ROWS >= 16 for tl.dot
     member = rows // GROUP
-    listed = tl.load(Members + tl.where(shared, p, 0) * MEMBERS + member, mask=member < MEMBERS, other=-1)
+    listing = Members + tl.where(shared, p, 0) * MEMBERS
+    listed = tl.load(listing + member, mask=member < MEMBERS, other=-1)
     batch_row = tl.where(shared, listed, tl.where(member == 0, p - groups, -1))  # [ROWS]; -1: unused row
-    key_row = tl.where(shared, tl.load(Members + tl.where(shared, p, 0) * MEMBERS), p - groups)
+    key_row = tl.where(shared, tl.load(listing), p - groups)
     lo = tl.where(shared, 0, prefix_len)
     hi = tl.where(shared, prefix_len, tl.load(LastSlot) + 1)
     used = batch_row >= 0
